@@ -1,0 +1,74 @@
+"""Checkpoints: everything that decides a run's future, saved and restored.
+
+Built on `tf.train.CheckpointManager`, which writes a checkpoint's files first
+and only then records it in the `checkpoint` index file, so an interrupted
+save never becomes the newest checkpoint. A newest checkpoint that is damaged
+anyway (a truncated file) is skipped with a warning in favour of the previous
+one.
+"""
+
+import tensorflow as tf
+from absl import logging
+
+
+class NoUsableCheckpointError(RuntimeError):
+    """Every checkpoint in the workdir failed to restore."""
+
+
+def _tf_variables(variables):
+    # Keras 3 variables wrap a `tf.Variable`; the checkpoint wants that one.
+    return [v.value for v in variables]
+
+
+def state(model, optimizer, step, iterator):
+    """Returns the `tf.train.Checkpoint` of a run.
+
+    It holds the model's weights, the optimizer (slots, iteration count,
+    learning rate), the step counter, the data iterator's position, every
+    random-number state of the model (dropout's `SeedGenerator`s) and the
+    metric accumulators, so a resumed run continues exactly.
+    """
+    weight_ids = {id(w) for w in model.weights}
+    rng = [v for v in model.variables if id(v) not in weight_ids]
+    metric_vars = [v for m in model.metrics for v in m.variables]
+    return tf.train.Checkpoint(
+        model=model,
+        optimizer=optimizer,
+        step=step,
+        iterator=iterator,
+        rng=_tf_variables(rng),
+        metrics=_tf_variables(metric_vars),
+    )
+
+
+def manager(checkpoint, directory, max_to_keep):
+    return tf.train.CheckpointManager(
+        checkpoint, directory=directory, max_to_keep=max_to_keep
+    )
+
+
+def restore_latest(checkpoint, checkpoint_manager):
+    """Restores the newest checkpoint that loads; returns its path or None.
+
+    Raises:
+        NoUsableCheckpointError: checkpoints exist but none could be read.
+    """
+    paths = list(reversed(checkpoint_manager.checkpoints))
+    for path in paths:
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            logging.warning(
+                "Checkpoint %s is damaged (%s); trying the previous one.",
+                path,
+                type(e).__name__,
+            )
+            continue
+        return path
+    if paths:
+        raise NoUsableCheckpointError(
+            f"none of the {len(paths)} checkpoints in "
+            f"{checkpoint_manager.directory} could be restored; move that "
+            "directory away to start over."
+        )
+    return None

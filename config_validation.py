@@ -1,0 +1,82 @@
+"""Checks every config value before any work starts.
+
+Each failure is a `ConfigError` whose message is one line naming the field,
+the value received and what is allowed; `train.py` prints it and exits 2.
+"""
+
+import input_pipeline
+import models
+import optimizers
+
+
+class ConfigError(ValueError):
+    """A config value is missing, of the wrong type, or out of range."""
+
+
+def _fail(field, value, allowed):
+    raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}.")
+
+
+def _get(config, field):
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def _int(config, field, minimum):
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(field, value, f"expected an integer >= {minimum}")
+    return value
+
+
+def _float(config, field, minimum, strict=True, maximum=None):
+    value = _get(config, field)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = value > minimum if strict else value >= minimum
+        if maximum is not None:
+            ok = ok and value < maximum
+    if not ok:
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        upper = f" and < {maximum}" if maximum is not None else ""
+        _fail(field, value, f"expected a number {bound}{upper}")
+    return value
+
+
+def _choice(config, field, choices):
+    value = _get(config, field)
+    if value not in choices:
+        _fail(field, value, f"expected one of {', '.join(sorted(choices))}")
+    return value
+
+
+def validate(config):
+    """Raises `ConfigError` for the first invalid field of `config`."""
+    _choice(config, "dataset", input_pipeline.PIXEL_MAX)
+    data_dir = config.data_dir
+    if data_dir is not None and not isinstance(data_dir, str):
+        _fail("data_dir", data_dir, "expected a directory path or None")
+    for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
+        _int(config, field, 1)
+    _int(config, "max_shift", 0)
+
+    _choice(config, "model.name", models.ARCHITECTURES)
+    units = config.model.hidden_units
+    if not all(isinstance(u, int) and u >= 1 for u in units):
+        _fail("model.hidden_units", units, "expected positive integers")
+    _float(config, "model.dropout", 0.0, strict=False, maximum=1.0)
+
+    _choice(config, "optimizer", optimizers.OPTIMIZERS)
+    _float(config, "learning_rate", 0.0)
+    _float(config, "momentum", 0.0, strict=False, maximum=1.0)
+    _float(config, "weight_decay", 0.0, strict=False)
+    _choice(config, "schedule", optimizers.SCHEDULES)
+    _int(config, "warmup_steps", 0)
+    _float(config, "decay_factor", 0.0)
+    _int(config, "num_epochs", 1)
+
+    _int(config, "steps_per_loop", 1)
+    _int(config, "eval_every_epochs", 1)
+    _int(config, "checkpoint_every_steps", 1)
+    _int(config, "max_checkpoints_to_keep", 1)

@@ -1,0 +1,68 @@
+"""A multilayer perceptron classifier built from `mylayers`."""
+
+import keras
+
+import mylayers
+from models.custom_model import CustomModel
+
+
+@keras.saving.register_keras_serializable(package="models")
+class MLPClassifier(CustomModel):
+    """Flatten -> [Linear -> activation -> Dropout] x N -> Linear logits.
+
+    A Functional `CustomModel`, so `summary()`, plotting and `.keras` saving
+    work as for any Functional model; `get_config` holds only the arguments
+    below, so the model is rebuilt from them.
+
+    Args:
+        input_shape: Shape of one example, without the batch axis.
+        num_classes: Number of output logits.
+        hidden_units: Sizes of the hidden layers.
+        activation: Activation of the hidden layers.
+        dropout: Dropout rate after each hidden layer, in [0, 1).
+        **kwargs: `keras.Model` arguments (`name`, ...).
+    """
+
+    def __init__(
+        self,
+        input_shape,
+        num_classes,
+        hidden_units=(256, 256),
+        activation="relu",
+        dropout=0.0,
+        **kwargs,
+    ):
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"MLPClassifier expected 0 <= dropout < 1. Received: "
+                f"dropout={dropout}"
+            )
+        inputs = keras.Input(shape=tuple(input_shape), name="image")
+        x = keras.layers.Flatten()(inputs)
+        for units in hidden_units:
+            x = mylayers.Linear(units, activation=activation)(x)
+            if dropout:
+                x = keras.layers.Dropout(dropout)(x)
+        outputs = mylayers.Linear(num_classes, name="logits")(x)
+        kwargs.setdefault("name", "mlp_classifier")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.input_shape_ = tuple(input_shape)
+        self.num_classes = num_classes
+        self.hidden_units = tuple(hidden_units)
+        self.activation = activation
+        self.dropout = dropout
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "input_shape": self.input_shape_,
+            "num_classes": self.num_classes,
+            "hidden_units": self.hidden_units,
+            "activation": self.activation,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

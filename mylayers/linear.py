@@ -1,0 +1,111 @@
+"""A fully connected layer written as a forward pass only."""
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="mylayers")
+class Linear(keras.layers.Layer):
+    """Fully connected layer: `Y = activation(X W^T + b)`.
+
+    Only the forward pass is written here. `tf.GradientTape` records it and
+    derives `dX = dY W`, `dW = dY^T X` and `db = sum(dY)` by itself; the tests
+    check that these equal the hand-derived formulas of `ManualLinear`.
+
+    The kernel is stored as `(units, input_dim)`, the layout of the numpy
+    formula `X W^T`, so its values line up with numpy and PyTorch code.
+
+    Args:
+        units: Positive integer, the size of the last output axis.
+        activation: Activation name or callable applied after the affine map.
+            `None` means linear.
+        use_bias: Whether to add a learned bias `b`.
+        kernel_initializer: Initializer for `W`.
+        bias_initializer: Initializer for `b`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: A tensor of rank >= 2 whose last axis is `input_dim`.
+
+    Input shape:
+        `(..., input_dim)`.
+
+    Output shape:
+        `(..., units)`.
+
+    Example:
+
+    >>> layer = Linear(3)
+    >>> layer(tf.ones((2, 4))).shape
+    TensorShape([2, 3])
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            raise ValueError(
+                f"{type(self).__name__} expected a positive integer for "
+                f"`units`. Received: units={units!r}"
+            )
+        self.units = units
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' needs a known last "
+                f"input axis. Received: input_shape={input_shape}"
+            )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.units, input_dim),
+            initializer=self.kernel_initializer,
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.units,),
+                initializer=self.bias_initializer,
+            )
+        else:
+            self.bias = None
+        self.input_spec = keras.layers.InputSpec(
+            min_ndim=2, axes={-1: input_dim}
+        )
+
+    def call(self, inputs):
+        # matmul broadcasts the 2-D kernel over any leading batch axes.
+        outputs = tf.matmul(inputs, self.kernel, transpose_b=True)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+            "bias_initializer": keras.initializers.serialize(
+                self.bias_initializer
+            ),
+        }

@@ -1,0 +1,134 @@
+"""End-to-end tests of `train.py` and `trainer.train_and_evaluate`."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import trainer
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config():
+    config = default.get_config()
+    config.model.hidden_units = (32,)
+    config.num_epochs = 2
+    config.eval_every_epochs = 1
+    config.checkpoint_every_steps = 30
+    config.schedule = "constant"
+    return config
+
+
+def test_train_and_evaluate_returns_metrics(tmp_path):
+    metrics = trainer.train_and_evaluate(_tiny_config(), str(tmp_path))
+    assert metrics["step"] == 2 * 45
+    # Two epochs of a small MLP already beat chance (10%) by far.
+    assert metrics["eval_accuracy"] > 0.6
+    assert metrics["eval_loss"] < 2.0
+    assert 0.0 < metrics["loss"] < 2.3
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [45, 90]
+    assert os.listdir(tmp_path / "tensorboard")
+    assert (tmp_path / "checkpoints" / "ckpt-90.index").exists()
+
+
+def test_saved_model_keras_predicts_the_same_in_fresh_process(tmp_path):
+    trainer.train_and_evaluate(_tiny_config(), str(tmp_path))
+    model = keras.models.load_model(tmp_path / "model.keras")
+    x = np.random.default_rng(0).uniform(size=(5, 8, 8, 1)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", model.predict(x, verbose=0))
+    script = (
+        "import os, numpy as np; os.environ['KERAS_BACKEND']='tensorflow'\n"
+        "import keras, models\n"
+        f"d = {str(tmp_path)!r}\n"
+        "m = keras.models.load_model(os.path.join(d, 'model.keras'))\n"
+        "y = m.predict(np.load(os.path.join(d, 'x.npy')), verbose=0)\n"
+        "np.testing.assert_array_equal(y, np.load(os.path.join(d, 'y.npy')))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def _train_cmd(workdir, *overrides):
+    return [
+        sys.executable,
+        os.path.join(REPO, "train.py"),
+        "--config",
+        os.path.join(REPO, "configs", "default.py"),
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL after the first checkpoint; the rerun continues from it."""
+    overrides = [
+        "--config.num_epochs=20",
+        "--config.checkpoint_every_steps=45",
+        "--config.steps_per_loop=5",
+        "--config.model.hidden_units=(512, 512)",
+    ]
+    process = subprocess.Popen(
+        _train_cmd(tmp_path, *overrides),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    index = tmp_path / "checkpoints" / "checkpoint"
+    deadline = time.time() + 120
+    while not index.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert index.exists(), "no checkpoint was written before the deadline"
+    match = re.search(
+        r'^model_checkpoint_path: "ckpt-(\d+)"', index.read_text(), re.M
+    )
+    killed_at = int(match.group(1))
+    assert 0 < killed_at < 900
+
+    rerun = subprocess.run(
+        _train_cmd(tmp_path, *overrides), capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"at step {killed_at}." in rerun.stdout
+    assert re.search(r"Done: step=900\b", rerun.stdout)
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    # The rerun logged only the epochs after the checkpoint, through the end.
+    assert steps[-1] == 900
+    assert steps.count(900) == 1
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--config.batch_size=0", "config.batch_size=0 is invalid"),
+        ("--config.learning_rate=-1", "config.learning_rate=-1"),
+        ("--config.model.name=transformer", "config.model.name='transformer'"),
+        ("--config.no_such_field=1", "no_such_field"),
+        ("--config.batch_size=abc", "batch_size"),
+    ],
+)
+def test_bad_config_is_one_line_error(tmp_path, override, expected):
+    result = subprocess.run(
+        _train_cmd(tmp_path / "w", override), capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0]
+    assert not (tmp_path / "w" / "checkpoints").exists()

@@ -1,0 +1,74 @@
+"""Trains a model from a config file.
+
+  python train.py --config configs/default.py --workdir runs/default
+
+Override config fields with `--config.FIELD=VALUE`. Rerunning the same
+command on the same workdir resumes from its newest checkpoint.
+"""
+
+import os
+import sys
+
+# Keras 3 picks its backend at import time; this project is TensorFlow's.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Hide TensorFlow's C++ start-up chatter (CPU feature notes, no-GPU notes).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and outputs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    """absl's own parser prints two lines and exits 1 (or a traceback, for an
+    unknown config field); this prints one line and exits 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(" ".join(str(e).split()))
+    except (AttributeError, KeyError) as e:
+        overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        _fail(
+            f"unknown config field '{str(e).strip(chr(34) + chr(39))}' (in "
+            f"{' '.join(overrides)}); the "
+            "fields are those of the config file's get_config()."
+        )
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; use --config.FIELD=VALUE.")
+    try:
+        config = FLAGS.config
+        config.keys()  # A config file that failed to load raises here.
+    except OSError as e:
+        _fail(" ".join(str(e).split()))
+    # Imported here, after flag parsing, so `--help` and flag errors return
+    # without the ~5 s TensorFlow import.
+    import config_validation
+    import input_pipeline
+    import trainer
+
+    try:
+        metrics = trainer.train_and_evaluate(config, FLAGS.workdir)
+    except (
+        config_validation.ConfigError,
+        input_pipeline.DatasetUnavailableError,
+    ) as e:
+        _fail(str(e))
+    print("Done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)
