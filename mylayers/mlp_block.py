@@ -1,0 +1,92 @@
+"""A pre-norm residual MLP block built from other `mylayers` layers."""
+
+import keras
+
+from mylayers.linear import Linear
+from mylayers.rms_norm import RMSNorm
+
+
+@keras.saving.register_keras_serializable(package="mylayers")
+class MLPBlock(keras.layers.Layer):
+    """Residual MLP: `y = x + Linear_out(act(Linear_in(RMSNorm(x))))`.
+
+    The transformer feed-forward block with pre-normalization: the residual
+    path carries `x` unchanged, so deep stacks of blocks stay trainable.
+    `Linear_in` maps `features -> hidden_units`, `Linear_out` maps back.
+
+    Args:
+        hidden_units: Positive integer, the width of the hidden layer.
+        activation: Activation of the hidden layer (name or callable).
+        epsilon: `RMSNorm`'s epsilon.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: A tensor of rank >= 2 whose last axis is `features`.
+
+    Input shape:
+        `(..., features)`.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> block = MLPBlock(8)
+    >>> block(tf.ones((2, 4))).shape
+    TensorShape([2, 4])
+    >>> len(block.trainable_weights)  # norm scale, two kernels, two biases
+    5
+    """
+
+    def __init__(self, hidden_units, activation="gelu", epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        if (
+            not isinstance(hidden_units, int)
+            or isinstance(hidden_units, bool)
+            or hidden_units < 1
+        ):
+            raise ValueError(
+                f"{type(self).__name__} expected a positive integer for "
+                f"`hidden_units`. Received: hidden_units={hidden_units!r}"
+            )
+        self.hidden_units = hidden_units
+        self.activation = keras.activations.get(activation)
+        self.epsilon = epsilon
+        # Sublayers inherit this layer's dtype policy (mixed precision too).
+        self.norm = RMSNorm(epsilon, dtype=self.dtype_policy, name="norm")
+        self.hidden = Linear(
+            hidden_units,
+            activation=self.activation,
+            dtype=self.dtype_policy,
+            name="hidden",
+        )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' needs a known last "
+                f"input axis. Received: input_shape={input_shape}"
+            )
+        self.out = Linear(features, dtype=self.dtype_policy, name="out")
+        self.norm.build(input_shape)
+        self.hidden.build(input_shape)
+        self.out.build((*input_shape[:-1], self.hidden_units))
+        self.input_spec = keras.layers.InputSpec(
+            min_ndim=2, axes={-1: features}
+        )
+
+    def call(self, inputs):
+        return inputs + self.out(self.hidden(self.norm(inputs)))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_units": self.hidden_units,
+            "activation": keras.activations.serialize(self.activation),
+            "epsilon": self.epsilon,
+        }
