@@ -1,6 +1,28 @@
 """Custom Keras layers: forward-only ones, and ones with custom gradients."""
 
+from mylayers.clip_gradient import ClipGradient
+from mylayers.gradcheck import GradcheckError, gradcheck
+from mylayers.gradient_reversal import GradientReversal
 from mylayers.linear import Linear
 from mylayers.manual_linear import ManualLinear
+from mylayers.mlp_block import MLPBlock
+from mylayers.numpy_bridge import numpy_op
+from mylayers.numpy_linear import NumpyLinear
+from mylayers.rms_norm import RMSNorm
+from mylayers.stable_softplus import StableSoftplus
+from mylayers.straight_through_quantize import StraightThroughQuantize
 
-__all__ = ["Linear", "ManualLinear"]
+__all__ = [
+    "ClipGradient",
+    "GradcheckError",
+    "GradientReversal",
+    "Linear",
+    "MLPBlock",
+    "ManualLinear",
+    "NumpyLinear",
+    "RMSNorm",
+    "StableSoftplus",
+    "StraightThroughQuantize",
+    "gradcheck",
+    "numpy_op",
+]
