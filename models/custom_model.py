@@ -284,7 +284,8 @@ class CustomModel(keras.Model):
         """
         if self.train_function is not None and not force:
             return self.train_function
-        train_function = super().make_train_function(force)
+        super().make_train_function(force)
+        train_function = self.train_function
         if not (
             self._step_state.max_consecutive_non_finite and self.jit_compile
         ):
