@@ -445,4 +445,7 @@ def test_mirrored_strategy_on_two_cpus():
     assert report["guard_unchanged"] is True
     assert report["guard_counted"] == 1
     assert report["clip_vs_single_device"] <= 1e-6
+    # Why clipping is ours: Keras's optimizer option clips per replica. If
+    # this starts failing, Keras fixed it and can be used instead.
+    assert report["keras_clip_vs_single_device"] > 1e-3
     assert abs(report["grad_norm"] - report["grad_norm_single"]) <= 1e-5

@@ -1,0 +1,163 @@
+"""`CustomModel.train_step` under `MirroredStrategy` on 2 logical CPUs.
+
+Run by `tests/train_step_test.py` in a process of its own, because logical
+devices must be configured before TensorFlow initializes. Prints one JSON
+line of measurements for the test to assert on:
+
+  python tests/helpers/mirrored_parity.py
+"""
+
+import json
+import os
+
+# Keras 3 picks its backend when first imported; these checks are TF's.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import models  # noqa: E402
+import mylayers  # noqa: E402
+
+GLOBAL_BATCH = 16
+STEPS = 20
+
+
+def _data(n=64):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    w = rng.uniform(0.5, 1.5, size=(n,)).astype("float32")
+    return x, y, w
+
+
+def _dataset(x, y, w, steps):
+    ds = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(GLOBAL_BATCH)
+    return ds.repeat().take(steps)
+
+
+def _model(model_class, optimizer, **options):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    hidden = mylayers.Linear(8, activation="tanh")(inputs)
+    model = model_class(inputs, mylayers.Linear(2)(hidden))
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **options,
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _train(strategy, model, dataset):
+    """Runs `model.train_step` on each batch; returns the last logs."""
+    if strategy is None:
+        step = tf.function(model.train_step)
+        logs = None
+        for batch in dataset:
+            logs = step(batch)
+        return logs
+
+    @tf.function
+    def step(batch):
+        return strategy.run(model.train_step, args=(batch,))
+
+    logs = None
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        logs = step(batch)
+    return {
+        k: strategy.experimental_local_results(v)[0] for k, v in logs.items()
+    }
+
+
+def _max_diff(a, b):
+    return max(
+        float(np.abs(u.numpy() - v.numpy()).max())
+        for u, v in zip(a.weights, b.weights)
+    )
+
+
+def _local_copies(strategy, model):
+    """Every replica's copy of every weight and optimizer variable."""
+    copies = []
+    for v in model.weights + model.optimizer.variables:
+        for local in strategy.experimental_local_results(v.value):
+            copies.append(local.numpy())
+    return copies
+
+
+def main():
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    x, y, w = _data()
+    dataset = _dataset(x, y, w, STEPS)
+    report = {"replicas": strategy.num_replicas_in_sync}
+
+    with strategy.scope():
+        ours = _model(models.CustomModel, keras.optimizers.Adam(0.01))
+        theirs = _model(keras.Model, keras.optimizers.Adam(0.01))
+    single = _model(models.CustomModel, keras.optimizers.Adam(0.01))
+    start = single.get_weights()
+    _train(strategy, ours, dataset)
+    _train(strategy, theirs, dataset)
+    _train(None, single, dataset)
+    report["ours_vs_keras"] = _max_diff(ours, theirs)
+    report["ours_vs_single_device"] = _max_diff(ours, single)
+    report["moved"] = max(
+        float(np.abs(a - b).max()) for a, b in zip(start, single.get_weights())
+    )
+
+    # The guard, with a NaN on the first replica's half of the batch only.
+    with strategy.scope():
+        guarded = _model(
+            models.CustomModel,
+            keras.optimizers.Adam(0.01),
+            max_consecutive_non_finite=3,
+        )
+    _train(strategy, guarded, _dataset(x, y, w, 1))
+    before = _local_copies(strategy, guarded)
+    bad_x = x.copy()
+    bad_x[0, 0] = np.nan
+    logs = _train(strategy, guarded, _dataset(bad_x, y, w, 1))
+    after = _local_copies(strategy, guarded)
+    report["guard_unchanged"] = all(
+        np.array_equal(a, b) for a, b in zip(before, after)
+    )
+    report["guard_counted"] = int(logs["non_finite_steps"])
+
+    # Clipping and grad_norm are of the all-reduced gradient.
+    options = {"global_clipnorm": 0.05, "log_grad_norm": True}
+    with strategy.scope():
+        clipped = _model(
+            models.CustomModel, keras.optimizers.SGD(0.5), **options
+        )
+    clipped_single = _model(
+        models.CustomModel, keras.optimizers.SGD(0.5), **options
+    )
+    few = _dataset(x, y, w, 5)
+    logs = _train(strategy, clipped, few)
+    single_logs = _train(None, clipped_single, few)
+    report["clip_vs_single_device"] = _max_diff(clipped, clipped_single)
+    # Keras's own `global_clipnorm` clips each replica's partial gradient
+    # before the all-reduce, so it differs from the single-device update.
+    with strategy.scope():
+        keras_clipped = _model(
+            keras.Model, keras.optimizers.SGD(0.5, global_clipnorm=0.05)
+        )
+    _train(strategy, keras_clipped, few)
+    report["keras_clip_vs_single_device"] = _max_diff(
+        keras_clipped, clipped_single
+    )
+    report["grad_norm"] = float(logs["grad_norm"])
+    report["grad_norm_single"] = float(single_logs["grad_norm"])
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
