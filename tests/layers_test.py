@@ -1,0 +1,326 @@
+"""Tests for the layers of `mylayers` beyond `Linear` and `ManualLinear`, and
+the saving, export and mixed-precision behaviour of every layer."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mylayers
+
+# name -> (factory, number of trainable weights when built on (None, 4)).
+LAYERS = {
+    "Linear": (lambda **kw: mylayers.Linear(3, **kw), 2),
+    "ManualLinear": (lambda **kw: mylayers.ManualLinear(3, **kw), 2),
+    "RMSNorm": (lambda **kw: mylayers.RMSNorm(**kw), 1),
+    "MLPBlock": (lambda **kw: mylayers.MLPBlock(6, **kw), 5),
+    "StableSoftplus": (lambda **kw: mylayers.StableSoftplus(**kw), 0),
+    "GradientReversal": (lambda **kw: mylayers.GradientReversal(0.5, **kw), 0),
+    "StraightThroughQuantize": (
+        lambda **kw: mylayers.StraightThroughQuantize(4, **kw),
+        0,
+    ),
+    "ClipGradient": (lambda **kw: mylayers.ClipGradient(0.1, **kw), 0),
+    "NumpyLinear": (lambda **kw: mylayers.NumpyLinear(3, **kw), 2),
+}
+WITH_WEIGHTS = [name for name, (_, n) in LAYERS.items() if n]
+
+
+def _x(shape=(5, 4), seed=0):
+    return np.random.default_rng(seed).uniform(-0.9, 0.9, shape).astype("f4")
+
+
+def test_every_public_layer_is_covered():
+    layers = {
+        name
+        for name in mylayers.__all__
+        if isinstance(getattr(mylayers, name), type)
+        and issubclass(getattr(mylayers, name), keras.layers.Layer)
+    }
+    assert layers == set(LAYERS)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_basics(name, tmp_path):
+    factory, num_weights = LAYERS[name]
+    layer = factory()
+    y = layer(_x())
+    expected_units = 3 if "Linear" in name else 4
+    assert y.shape == (5, expected_units)
+    assert len(layer.trainable_weights) == num_weights
+    assert layer.compute_output_shape((None, 7, 4)) == (None, 7, expected_units)
+    assert layer(_x((2, 7, 4))).shape == (2, 7, expected_units)
+    restored = type(layer).from_config(layer.get_config())
+    assert restored.get_config() == layer.get_config()
+
+    # One training step: the Linear below the layer must learn, so the
+    # gradient crosses the layer; the layer's own weights must move too.
+    inputs = keras.Input((4,))
+    below = mylayers.Linear(4)
+    model = keras.Model(inputs, factory()(below(inputs)))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.fit(_x((16, 4)), np.ones((16, expected_units)), verbose=0)
+    for old, new in zip(before, model.trainable_weights):
+        assert not np.allclose(old, new.numpy()), new.path
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(
+        model.predict(_x(), verbose=0), reloaded.predict(_x(), verbose=0)
+    )
+
+
+def test_rms_norm_correctness():
+    layer = mylayers.RMSNorm()
+    layer.build((None, 2))
+    layer.set_weights([np.array([1.0, 2.0])])
+    # rms([3, 4]) = sqrt(12.5) = 3.5355339
+    y = layer(tf.constant([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(
+        y.numpy(), [[0.8485281, 2.2627417], [0.0, 0.0]], rtol=1e-5
+    )
+
+
+def test_mlp_block_correctness():
+    block = mylayers.MLPBlock(1, activation="relu")
+    block.build((None, 2))
+    block.set_weights(
+        [
+            np.ones(2),  # norm scale
+            np.array([[1.0, 0.0]]),  # hidden kernel (1, 2)
+            np.zeros(1),  # hidden bias
+            np.array([[2.0], [-1.0]]),  # out kernel (2, 1)
+            np.array([0.5, 0.0]),  # out bias
+        ]
+    )
+    # norm([3, 4]) = [0.8485281, 1.1313708]; hidden = relu(0.8485281);
+    # out = [2 * 0.8485281 + 0.5, -0.8485281]; y = x + out.
+    y = block(tf.constant([[3.0, 4.0]]))
+    np.testing.assert_allclose(y.numpy(), [[5.1970563, 3.1514719]], rtol=1e-6)
+
+
+def test_stable_softplus_correctness_at_large_inputs():
+    x = tf.constant([-1e4, -20.0, 0.0, 1.0, 1e4])
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = mylayers.StableSoftplus()(x)
+        dy = inner.gradient(y, x)
+    d2y = outer.gradient(dy, x)
+    np.testing.assert_allclose(
+        y.numpy(), [0.0, 2.0611537e-9, 0.6931472, 1.3132616, 1e4], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        dy.numpy(), [0.0, 2.0611537e-9, 0.5, 0.7310586, 1.0], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        d2y.numpy(), [0.0, 2.0611537e-9, 0.25, 0.19661193, 0.0], rtol=1e-5
+    )
+    # What the layer exists to avoid: the naive formula and its gradient.
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        naive = tf.math.log(1 + tf.exp(x))
+    assert np.isinf(naive.numpy()[-1])
+    assert np.isnan(tape.gradient(naive, x).numpy()[-1])
+
+
+def test_gradient_reversal_correctness():
+    x = tf.constant([[1.0, -2.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = mylayers.GradientReversal(scale=0.25)(x)
+        loss = tf.reduce_sum(y * [[4.0, 8.0]])
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_array_equal(tape.gradient(loss, x).numpy(), [[-1, -2]])
+
+
+@pytest.mark.parametrize(
+    "bits, expected",
+    [
+        (1, [-1.0, 1.0, 1.0, 1.0, 1.0]),
+        # n = 3 levels apart: y = 2 round((clip(x) + 1) * 1.5) / 3 - 1
+        (2, [-1.0, 1 / 3, 1 / 3, 1.0, 1.0]),
+    ],
+)
+def test_straight_through_quantize_correctness(bits, expected):
+    x = tf.constant([-0.7, 0.0, 0.3, 0.9, 2.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = mylayers.StraightThroughQuantize(bits)(x)
+        loss = tf.reduce_sum(y * [1.0, 2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6)
+    # Straight through inside [-1, 1], zero outside.
+    np.testing.assert_array_equal(
+        tape.gradient(loss, x).numpy(), [1, 2, 3, 4, 0]
+    )
+
+
+@pytest.mark.parametrize(
+    "max_norm, expected", [(1.0, [[0.6, 0.8]]), (10.0, [[3.0, 4.0]])]
+)
+def test_clip_gradient_correctness(max_norm, expected):
+    x = tf.constant([[1.0, 2.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = mylayers.ClipGradient(max_norm)(x)
+        loss = tf.reduce_sum(y * [[3.0, 4.0]])  # upstream norm 5
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda: mylayers.RMSNorm(epsilon=0), "epsilon"),
+        (lambda: mylayers.RMSNorm(epsilon=-1e-3), "epsilon"),
+        (lambda: mylayers.RMSNorm(epsilon="1e-6"), "epsilon"),
+        (lambda: mylayers.MLPBlock(0), "hidden_units"),
+        (lambda: mylayers.MLPBlock(2.5), "hidden_units"),
+        (lambda: mylayers.MLPBlock(True), "hidden_units"),
+        (lambda: mylayers.MLPBlock(4, epsilon=0), "epsilon"),
+        (lambda: mylayers.GradientReversal(-1.0), "scale"),
+        (lambda: mylayers.GradientReversal(float("nan")), "scale"),
+        (lambda: mylayers.GradientReversal("1"), "scale"),
+        (lambda: mylayers.StraightThroughQuantize(0), "bits"),
+        (lambda: mylayers.StraightThroughQuantize(17), "bits"),
+        (lambda: mylayers.StraightThroughQuantize(2.0), "bits"),
+        (lambda: mylayers.ClipGradient(0.0), "max_norm"),
+        (lambda: mylayers.ClipGradient(float("inf")), "max_norm"),
+        (lambda: mylayers.ClipGradient(True), "max_norm"),
+        (lambda: mylayers.NumpyLinear(0), "units"),
+        (lambda: mylayers.NumpyLinear("3"), "units"),
+    ],
+)
+def test_invalid_arguments(make, argument):
+    with pytest.raises(ValueError, match=f"Received: {argument}="):
+        make()
+
+
+@pytest.mark.parametrize("name", WITH_WEIGHTS + ["MLPBlock"])
+def test_wrong_input_names_layer(name):
+    factory, _ = LAYERS[name]
+    layer = factory(name="my_layer")
+    layer(_x())
+    with pytest.raises(ValueError, match="my_layer"):
+        layer(_x((5, 5)))
+    with pytest.raises(ValueError, match="my_layer"):
+        factory(name="my_layer")(_x((4,)))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_mixed_precision(name, policy):
+    factory, _ = LAYERS[name]
+    layer = factory(dtype=policy)
+    x = tf.constant(_x())
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+    compute = policy.split("_")[1]
+    assert y.dtype == compute
+    grads = tape.gradient(loss, [x, *layer.trainable_weights])
+    assert grads[0].dtype == tf.float32  # the float32 input was autocast
+    for grad, weight in zip(grads[1:], layer.trainable_weights):
+        assert grad.dtype == weight.dtype == tf.float32
+    for grad in grads:
+        assert np.all(np.isfinite(grad.numpy())) and np.any(grad.numpy())
+
+
+def _every_layer_model(with_numpy=True):
+    inputs = keras.Input((4,))
+    h = mylayers.ManualLinear(6, activation="tanh")(inputs)
+    h = mylayers.RMSNorm()(h)
+    h = mylayers.MLPBlock(8)(h)
+    h = mylayers.GradientReversal(0.5)(h)
+    h = mylayers.ClipGradient(0.3)(h)
+    h = mylayers.StableSoftplus()(h)
+    h = mylayers.StraightThroughQuantize(6)(h)
+    if with_numpy:
+        h = mylayers.NumpyLinear(5)(h)
+    return keras.Model(inputs, mylayers.Linear(2)(h))
+
+
+def _outputs_and_gradients(model, x):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = model(x)
+        loss = tf.reduce_sum(y * [[1.0, -2.0]])
+    return [y, *tape.gradient(loss, [x, *model.trainable_weights])]
+
+
+_FRESH_PROCESS_CHECK = """
+import os, sys
+os.environ["KERAS_BACKEND"] = "tensorflow"
+import numpy as np, tensorflow as tf, keras, mylayers
+d = sys.argv[1]
+x = tf.constant(np.load(os.path.join(d, "x.npy")))
+expected = np.load(os.path.join(d, "expected.npz"))
+expected = [expected[f"arr_{i}"] for i in range(len(expected.files))]
+model = keras.models.load_model(os.path.join(d, "m.keras"))
+with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = model(x)
+    loss = tf.reduce_sum(y * [[1.0, -2.0]])
+got = [y, *tape.gradient(loss, [x, *model.trainable_weights])]
+assert len(got) == len(expected), (len(got), len(expected))
+for g, e in zip(got, expected):
+    np.testing.assert_array_equal(g.numpy(), e)
+exported = tf.saved_model.load(os.path.join(d, "exported"))
+weights = sorted(exported.trainable_variables, key=lambda v: v.name)
+with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = exported.serve(x)
+    loss = tf.reduce_sum(y * [[1.0, -2.0]])
+got = [y, *tape.gradient(loss, [x, *weights])]
+expected = np.load(os.path.join(d, "exported.npz"))
+for i, g in enumerate(got):
+    np.testing.assert_allclose(
+        g.numpy(), expected[f"arr_{i}"], rtol=1e-5, atol=1e-7
+    )
+print("ok", len(got))
+"""
+
+
+@pytest.mark.slow
+def test_save_load_and_export_in_fresh_process(tmp_path):
+    """Custom gradients survive `.keras` saving and `model.export()`.
+
+    Slow (a second TensorFlow process, about 10 s) but it is the only way to
+    see that nothing depends on objects living in the saving process.
+    NumpyLinear is left out of the export: a SavedModel cannot hold numpy
+    code (see its docstring); it is in the `.keras` model.
+    """
+    x = _x()
+    np.save(tmp_path / "x.npy", x)
+    model = _every_layer_model()
+    model.save(tmp_path / "m.keras")
+    np.savez(
+        tmp_path / "expected.npz",
+        *[t.numpy() for t in _outputs_and_gradients(model, x)],
+    )
+    exportable = _every_layer_model(with_numpy=False)
+    exportable.export(str(tmp_path / "exported"), verbose=False)
+    x_t = tf.constant(x)
+    weights = sorted(exportable.trainable_weights, key=lambda v: v.path)
+    with tf.GradientTape() as tape:
+        tape.watch(x_t)
+        y = exportable(x_t)
+        loss = tf.reduce_sum(y * [[1.0, -2.0]])
+    grads = tape.gradient(loss, [x_t, *weights])
+    np.savez(tmp_path / "exported.npz", y.numpy(), *[g.numpy() for g in grads])
+    result = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS_CHECK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # y, dx, and the 10 weights of the exportable model.
+    assert result.stdout.split()[-2:] == ["ok", str(2 + 2 + 1 + 4 + 2 + 1)]
