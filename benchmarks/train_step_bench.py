@@ -1,0 +1,138 @@
+"""Times `CustomModel.train_step` against Keras's built-in `train_step`.
+
+  python benchmarks/train_step_bench.py [--repeats=15] [--steps=20]
+
+Both models have the same `mylayers.Linear` layers, weights, optimizer
+(Adam) and batch. Each variant runs `--steps` steps inside one
+`tf.function` (as the trainer does), `--repeats` times, the variants
+interleaved in a fresh random order each round so drift on a shared machine
+hits them alike. The table gives the median time per step and the median of
+the per-round ratios to Keras's step; the last line is the same as JSON.
+"""
+
+import json
+import os
+import random
+import statistics
+import time
+
+# Keras 3 picks its backend when first imported; this benchmark is TF's.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import models  # noqa: E402
+import mylayers  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("repeats", 15, "Timed runs of each variant.")
+flags.DEFINE_integer("steps", 20, "Train steps per timed run.")
+
+# name: (input size, hidden sizes, batch size)
+SHAPES = {
+    "mlp-784-1024x2-b512": (784, (1024, 1024), 512),
+    "mlp-64-256x2-b32": (64, (256, 256), 32),
+}
+# name: (model class, CustomModel.compile options)
+VARIANTS = {
+    "keras": (keras.Model, {}),
+    "custom": (models.CustomModel, {}),
+    "custom+all": (
+        models.CustomModel,
+        {
+            "global_clipnorm": 1.0,
+            "max_consecutive_non_finite": 10,
+            "log_grad_norm": True,
+            "layer_grad_norms": True,
+        },
+    ),
+}
+
+
+def _model(model_class, options, inputs, hidden):
+    keras.utils.set_random_seed(0)
+    x = tensor = keras.Input((inputs,))
+    for units in hidden:
+        x = mylayers.Linear(units, activation="relu")(x)
+    model = model_class(tensor, mylayers.Linear(10)(x))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        **options,
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _runner(model, batch, steps):
+    @tf.function
+    def run():
+        for _ in tf.range(steps):
+            model.train_step(batch)
+
+    return run
+
+
+def _bench(shape):
+    inputs, hidden, batch_size = SHAPES[shape]
+    batch = (
+        tf.random.stateless_normal((batch_size, inputs), seed=(0, 1)),
+        tf.random.stateless_uniform(
+            (batch_size,), seed=(0, 2), maxval=10, dtype=tf.int32
+        ),
+    )
+    runners = {}
+    for name, (model_class, options) in VARIANTS.items():
+        runners[name] = _runner(
+            _model(model_class, options, inputs, hidden), batch, FLAGS.steps
+        )
+        runners[name]()  # trace and warm up
+    times = {name: [] for name in runners}
+    order = list(runners)
+    for _ in range(FLAGS.repeats):
+        random.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append((time.perf_counter() - start) / FLAGS.steps)
+    result = {}
+    for name, samples in times.items():
+        ratios = [t / k for t, k in zip(samples, times["keras"])]
+        result[name] = {
+            "ms_per_step": 1e3 * statistics.median(samples),
+            "ratio_to_keras": statistics.median(ratios),
+        }
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    random.seed(0)
+    results = {shape: _bench(shape) for shape in SHAPES}
+    print(f"{'shape':<22}{'variant':<12}{'ms/step':>10}{'x keras':>10}")
+    for shape, variants in results.items():
+        for name, r in variants.items():
+            print(
+                f"{shape:<22}{name:<12}{r['ms_per_step']:>10.3f}"
+                f"{r['ratio_to_keras']:>10.3f}"
+            )
+    print(
+        json.dumps(
+            {
+                "repeats": FLAGS.repeats,
+                "steps": FLAGS.steps,
+                "tf": tf.__version__,
+                "keras": keras.__version__,
+                "results": results,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
