@@ -123,7 +123,15 @@ def _cast_layer(layer, dtype, inputs):
         layer(*[tf.cast(x, layer.compute_dtype) for x in inputs])
     if isinstance(layer, keras.Model):
         try:
-            copy = keras.models.clone_model(layer, clone_function=clone)
+            # Without new inputs the copy would cast its inputs to float32.
+            copy = keras.models.clone_model(
+                layer,
+                input_tensors=tf.nest.map_structure(
+                    lambda t: keras.Input(batch_shape=t.shape, dtype=dtype),
+                    layer.input,
+                ),
+                clone_function=clone,
+            )
         except ValueError as error:
             raise ValueError(
                 "gradcheck can only cast Functional and Sequential models to "
@@ -360,6 +368,13 @@ class _Checker:
         self.shapes = [tuple(s.shape) for s in self.sources]
         rng = np.random.default_rng(seed)
         y = t.fn(inputs, t.weights)
+        if y.dtype != inputs[0].dtype:
+            raise ValueError(
+                f"gradcheck needs '{t.name}' to compute in the dtype of its "
+                "inputs: finite differences in a lower precision are noise. "
+                f"Received: inputs {inputs[0].dtype.name}, output "
+                f"{y.dtype.name}"
+            )
         self.out_shape = tuple(y.shape)
         self.v = tf.constant(rng.normal(size=self.out_shape), y.dtype)
         self.directions = [

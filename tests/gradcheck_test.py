@@ -1,0 +1,232 @@
+"""Tests for `mylayers.gradcheck`, its failure table and its CLI."""
+
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mylayers
+from mylayers import gradcheck as gradcheck_module_function
+from mylayers.gradcheck import cli_cases
+from mylayers.gradcheck import main as cli_main
+
+X = np.random.default_rng(0).uniform(-0.9, 0.9, size=(2, 3))
+
+
+def _broken_affine(kind):
+    """`x W^T + b` with one deliberate mistake in its backward pass."""
+
+    @tf.custom_gradient
+    def affine(x, kernel, bias):
+        y = tf.matmul(x, kernel, transpose_b=True) + bias
+
+        def grad(dy):
+            dx = tf.matmul(dy, kernel)
+            dkernel = tf.matmul(dy, x, transpose_a=True)
+            dbias = tf.reduce_sum(dy, axis=0)
+            if kind == "sign":
+                dx = -dx
+            elif kind == "scale":
+                dkernel = 2 * dkernel
+            elif kind == "missing":
+                dbias = None
+            return dx, dkernel, dbias
+
+        return y, grad
+
+    return affine
+
+
+class BrokenLinear(mylayers.Linear):
+    """`Linear` with a broken custom gradient (`kind` says how)."""
+
+    def __init__(self, units, kind, **kwargs):
+        super().__init__(units, **kwargs)
+        self.kind = kind
+
+    def call(self, inputs):
+        kernel = tf.cast(self.kernel, self.compute_dtype)
+        bias = tf.cast(self.bias, self.compute_dtype)
+        return _broken_affine(self.kind)(inputs, kernel, bias)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}
+
+
+def _failed_rows(report):
+    return {(r.tensor, r.mode) for r in report.rows if r.status != "ok"}
+
+
+def test_correct_layer_passes_every_check():
+    layer = mylayers.ManualLinear(2, activation="tanh", name="dense")
+    report = gradcheck_module_function(layer, X, order=2)
+    assert report.ok
+    assert {r.mode for r in report.rows} == {"eager", "function", "jit"}
+    assert {r.tensor for r in report.rows} == {
+        "inputs",
+        "dense/kernel",
+        "dense/bias",
+    }
+    checks = {r.check for r in report.rows}
+    assert checks == {
+        "order 1: J vs FD",
+        "order 2: H vs FD",
+        "order 2: Hu forward vs FD",
+    }
+    assert max(r.max_abs for r in report.rows) < 1e-8
+    # The user's layer is untouched: still float32, same weights.
+    assert layer.kernel.dtype == "float32"
+
+
+@pytest.mark.parametrize("jacobian", ["full", "projection"])
+@pytest.mark.parametrize(
+    "kind, tensor, status",
+    [
+        ("sign", "inputs", "FAIL"),
+        ("scale", "broken/kernel", "FAIL"),
+        ("missing", "broken/bias", "FAIL: None gradient (disconnected)"),
+    ],
+)
+def test_catches_broken_gradient_with_table(kind, tensor, status, jacobian):
+    layer = BrokenLinear(2, kind, name="broken")
+    with pytest.raises(mylayers.GradcheckError) as info:
+        mylayers.gradcheck(layer, X, modes=["eager", "jit"], jacobian=jacobian)
+    message = str(info.value)
+    header = message.splitlines()[1]
+    for column in ("tensor", "max abs err", "max rel err", "worst index"):
+        assert column in header
+    failed = [line for line in message.splitlines() if "FAIL" in line]
+    assert len(failed) == 2  # one per mode
+    assert all(tensor in line and status in line for line in failed)
+    assert _failed_rows(info.value.report) == {
+        (tensor, "eager"),
+        (tensor, "jit"),
+    }
+
+
+def test_failure_figures_locate_the_error():
+    with pytest.raises(mylayers.GradcheckError) as info:
+        mylayers.gradcheck(
+            BrokenLinear(2, "scale", name="b"), X, modes=["eager"]
+        )
+    (row,) = [r for r in info.value.report.rows if r.status == "FAIL"]
+    # dW doubled: the error is |dW| itself, so relative error is 1.
+    np.testing.assert_allclose(row.max_rel, 1.0, rtol=1e-6)
+    assert row.worst_index.startswith("y[") and "b/kernel[" in row.worst_index
+
+
+def test_catches_silent_none_second_derivative():
+    @tf.custom_gradient
+    def cube(x):
+        # stop_gradient: first derivative right, second silently zero.
+        return x**3, lambda dy: dy * 3 * tf.stop_gradient(x) ** 2
+
+    report = mylayers.gradcheck(lambda x: cube(x), X, modes=["eager"])
+    assert report.ok
+    with pytest.raises(mylayers.GradcheckError, match="order 2"):
+        mylayers.gradcheck(lambda x: cube(x), X, order=2, modes=["eager"])
+
+
+def test_override_is_checked_against_reference_not_finite_differences():
+    layer = mylayers.StraightThroughQuantize(3)
+    x = np.array([[-1.5, -0.2, 0.4, 2.0]])
+    report = mylayers.gradcheck(layer, x)
+    assert [r.check for r in report.rows] == ["order 1 vs reference"] * 3
+    # A wrong declared reference (plain identity) is caught at |x| > 1.
+    with pytest.raises(mylayers.GradcheckError) as info:
+        mylayers.gradcheck(layer, x, reference=lambda x, u: u)
+    (row, *_) = [r for r in info.value.report.rows if r.status == "FAIL"]
+    # Only the entries with |x| > 1 differ.
+    assert re.search(r"inputs\[0,[03]\]$", row.worst_index), row.worst_index
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.0])
+def test_gradient_reversal_reference_detects_wrong_scale(scale):
+    layer = mylayers.GradientReversal(0.5)
+    with pytest.raises(mylayers.GradcheckError):
+        mylayers.gradcheck(layer, X, reference=lambda x, u: -scale * u)
+
+
+def test_numpy_layer_skips_xla_and_second_order():
+    report = mylayers.gradcheck(mylayers.NumpyLinear(2), X, order=2)
+    assert report.ok
+    skipped = {(r.mode, r.status) for r in report.rows if r.tensor == "*"}
+    assert skipped == {
+        ("eager", "skipped (differentiable_twice=False)"),
+        ("function", "skipped (differentiable_twice=False)"),
+        ("jit", "skipped (supports_jit=False)"),
+    }
+
+
+def test_model_and_projection_mode():
+    inputs = keras.Input((3,))
+    hidden = mylayers.RMSNorm(name="norm")(inputs)
+    model = keras.Model(inputs, mylayers.Linear(2, name="out")(hidden))
+    report = mylayers.gradcheck(model, X, jacobian="projection", order=2)
+    assert report.ok
+    assert {r.tensor for r in report.rows} == {
+        "inputs",
+        "norm/scale",
+        "out/kernel",
+        "out/bias",
+    }
+    assert "order 2: Hu reverse vs FD" in {r.check for r in report.rows}
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"order": 3}, "order"),
+        ({"jacobian": "diagonal"}, "jacobian"),
+        ({"modes": ["gpu"]}, "modes"),
+        ({"modes": []}, "modes"),
+    ],
+)
+def test_invalid_arguments(kwargs, argument):
+    with pytest.raises(ValueError, match=f"Received: {argument}="):
+        mylayers.gradcheck(tf.sin, X, **kwargs)
+
+
+def test_cli_main_fails_with_table(monkeypatch, capsys):
+    monkeypatch.setattr(
+        sys.modules["mylayers.gradcheck"],
+        "cli_cases",
+        lambda: [(BrokenLinear(2, "sign", name="broken"), (2, 3), 1)],
+    )
+    assert cli_main() == 1
+    out = capsys.readouterr().out
+    assert "worst index" in out and "FAIL" in out and "1 failed" not in out
+    assert "3 failed" in out  # inputs, in three modes
+
+
+def test_cli_covers_every_public_layer():
+    public = {
+        getattr(mylayers, name)
+        for name in mylayers.__all__
+        if isinstance(getattr(mylayers, name), type)
+        and issubclass(getattr(mylayers, name), keras.layers.Layer)
+    }
+    assert public == {type(layer) for layer, _, _ in cli_cases()}
+
+
+@pytest.mark.slow
+def test_cli_checks_every_layer():
+    """`python -m mylayers.gradcheck` passes. Slow (about 20 s): a second
+    process that checks every layer at orders 1 and 2 in three modes."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mylayers.gradcheck"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["target", "tensor"]
+    targets = {line.split()[0] for line in lines[1:-2]}
+    assert len(targets) == len(cli_cases())
+    assert lines[-1].endswith(": 0 failed, 3 skipped.")
