@@ -203,6 +203,14 @@ class CustomModel(keras.Model):
             state.variables["grad_norm"] = self._state_variable(
                 "grad_norm", 0.0, tf.float32
             )
+        if layer_grad_norms:
+            for layer in dict.fromkeys(
+                map(_layer_path, self.trainable_variables)
+            ):
+                name = f"grad_norm/{layer}"
+                state.variables[name] = self._state_variable(
+                    name, 0.0, tf.float32
+                )
         if max_consecutive_non_finite:
             for name in ("non_finite_steps", "consecutive_non_finite"):
                 state.variables[name] = self._state_variable(name, 0, tf.int64)
@@ -404,7 +412,8 @@ class CustomModel(keras.Model):
         for layer, layer_squares in per_layer.items():
             name = f"grad_norm/{layer}"
             if name not in store:
-                # Created on the first trace, outside any function graph.
+                # `compile` creates these for a built model; a subclassed
+                # one gets them on the first trace, outside the graph.
                 with tf.init_scope():
                     store[name] = self._state_variable(name, 0.0, tf.float32)
             store[name].assign(tf.sqrt(tf.add_n(layer_squares)) / scale)

@@ -266,6 +266,26 @@ def test_nan_batch_changes_no_weight_and_no_optimizer_state(mode):
     assert any((a != b).any() for a, b in zip(before, _state(model)))
 
 
+def test_nan_micro_batch_leaves_the_accumulation_untouched():
+    k = 2
+    batches = _batches(steps=2, batch=8)
+    model = _compile(
+        _build(), gradient_accumulation_steps=k, max_consecutive_non_finite=3
+    )
+    clean = _compile(_build(), gradient_accumulation_steps=k)
+    step, clean_step = _step_fn(model, "function"), _step_fn(clean, "function")
+    step(batches[0])
+    clean_step(batches[0])
+    before = _state(model)
+    step(_nan_batch())
+    for a, b in zip(before, _state(model)):
+        np.testing.assert_array_equal(a, b)
+    step(batches[1])
+    clean_step(batches[1])
+    _assert_weights_close(model, clean, atol=0)
+    assert int(model.optimizer.iterations) == 1
+
+
 def test_nan_batch_under_loss_scaling_changes_no_weight(policy):
     policy("mixed_float16")
     model = _compile(_build(), max_consecutive_non_finite=3)
@@ -449,3 +469,5 @@ def test_mirrored_strategy_on_two_cpus():
     # this starts failing, Keras fixed it and can be used instead.
     assert report["keras_clip_vs_single_device"] > 1e-3
     assert abs(report["grad_norm"] - report["grad_norm_single"]) <= 1e-5
+    assert report["layer_norms_vs_single_device"] <= 1e-5
+    assert report["num_norms"] == 3  # global and 2 layers

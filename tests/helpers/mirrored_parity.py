@@ -132,7 +132,11 @@ def main():
     report["guard_counted"] = int(logs["non_finite_steps"])
 
     # Clipping and grad_norm are of the all-reduced gradient.
-    options = {"global_clipnorm": 0.05, "log_grad_norm": True}
+    options = {
+        "global_clipnorm": 0.05,
+        "log_grad_norm": True,
+        "layer_grad_norms": True,
+    }
     with strategy.scope():
         clipped = _model(
             models.CustomModel, keras.optimizers.SGD(0.5), **options
@@ -154,6 +158,14 @@ def main():
     report["keras_clip_vs_single_device"] = _max_diff(
         keras_clipped, clipped_single
     )
+    # Same layers, auto-named apart: compare in creation order.
+    report["layer_norms_vs_single_device"] = max(
+        abs(float(a.numpy()) - float(b.numpy()))
+        for a, b in zip(
+            clipped.step_state.values(), clipped_single.step_state.values()
+        )
+    )
+    report["num_norms"] = len(clipped.step_state)
     report["grad_norm"] = float(logs["grad_norm"])
     report["grad_norm_single"] = float(single_logs["grad_norm"])
     print(json.dumps(report))
