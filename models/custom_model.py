@@ -248,7 +248,15 @@ class CustomModel(keras.Model):
         return [self.loss_tracker, *others]
 
     def train_step(self, data):
-        """One step; what differs from Keras's is in `compile`'s docstring."""
+        """Keras's step, with these differences.
+
+        - The loss tracker is ours and is fed after the tape (Keras feeds
+          its own, inside the tape); the logged value is the same.
+        - Variables the loss does not reach raise (Keras warns), unless
+          `compile(missing_gradients="warn")`.
+        - What `compile`'s options add: norms and clipping of the unscaled,
+          all-reduced gradients, and the non-finite guard around `apply`.
+        """
         state = self._step_state
         # Unpack: (x,), (x, y) or (x, y, sample_weight).
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

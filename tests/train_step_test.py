@@ -310,6 +310,23 @@ def test_consecutive_non_finite_steps_stop_a_step_loop(mode):
     assert int(model.step_state["non_finite_steps"]) == 2
 
 
+def test_consecutive_non_finite_steps_stop_a_trainer_style_loop():
+    # trainer.py runs many steps per call in a `tf.range` loop.
+    x, y, w = _data()
+    x[:] = np.nan
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(8).repeat()
+    model = _compile(_build(), max_consecutive_non_finite=3)
+
+    @tf.function
+    def train_steps(iterator, num_steps):
+        for _ in tf.range(num_steps):
+            model.train_step(next(iterator))
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="3 consecutive"):
+        train_steps(iter(dataset), tf.constant(10))
+    assert int(model.step_state["non_finite_steps"]) == 3
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_consecutive_non_finite_steps_stop_fit(jit_compile):
     x, y, _ = _data()
@@ -471,3 +488,5 @@ def test_mirrored_strategy_on_two_cpus():
     assert abs(report["grad_norm"] - report["grad_norm_single"]) <= 1e-5
     assert report["layer_norms_vs_single_device"] <= 1e-5
     assert report["num_norms"] == 3  # global and 2 layers
+    assert report["fit_non_finite_steps"] == 1
+    assert report["fit_weights_finite"] is True

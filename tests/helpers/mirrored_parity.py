@@ -168,6 +168,22 @@ def main():
     report["num_norms"] = len(clipped.step_state)
     report["grad_norm"] = float(logs["grad_norm"])
     report["grad_norm_single"] = float(single_logs["grad_norm"])
+
+    # `fit` under the strategy, with the guard and a NaN batch.
+    with strategy.scope():
+        fitted = _model(
+            models.CustomModel,
+            keras.optimizers.Adam(0.01),
+            max_consecutive_non_finite=2,
+            log_grad_norm=True,
+        )
+    history = fitted.fit(
+        bad_x, y, batch_size=GLOBAL_BATCH, shuffle=False, verbose=0
+    ).history
+    report["fit_non_finite_steps"] = history["non_finite_steps"][-1]
+    report["fit_weights_finite"] = all(
+        bool(np.isfinite(w).all()) for w in fitted.get_weights()
+    )
     print(json.dumps(report))
 
 
