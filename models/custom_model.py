@@ -111,6 +111,21 @@ class CustomModel(keras.Model):
     After `compile`, `model.step_state` maps names to the `tf.Variable`s the
     step writes: `grad_norm`, `grad_norm/<layer path>`, `non_finite_steps`
     and `consecutive_non_finite`, whichever `compile` enabled.
+
+    Example:
+
+    >>> import mylayers
+    >>> inputs = keras.Input((4,))
+    >>> model = CustomModel(inputs, mylayers.Linear(2, name="out")(inputs))
+    >>> model.compile(
+    ...     optimizer="sgd",
+    ...     loss="mse",
+    ...     layer_grad_norms=True,
+    ...     max_consecutive_non_finite=3,
+    ... )
+    >>> sorted(model.step_state)  # doctest: +NORMALIZE_WHITESPACE
+    ['consecutive_non_finite', 'grad_norm', 'grad_norm/out',
+     'non_finite_steps']
     """
 
     def __init__(self, *args, **kwargs):
