@@ -55,7 +55,9 @@ class NumpyLinear(keras.layers.Layer):
     (`supports_jit` is False, so `compile(jit_compile=True)` falls back to
     `jit_compile=False`), has no second derivative
     (`differentiable_twice` is False; asking for one raises), runs on the
-    host CPU, and its computation is not saved by `model.export()`.
+    host CPU, and `model.export()` cannot save numpy code: the export
+    succeeds, but calling it in another process fails ("Could not find
+    callback"). `.keras` files work, since loading rebuilds the layer.
 
     Args:
         units: Positive integer, the size of the last output axis.
