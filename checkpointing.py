@@ -20,13 +20,14 @@ def _tf_variables(variables):
     return [v.value for v in variables]
 
 
-def state(model, optimizer, step, iterator):
+def state(model, optimizer, step, iterator, best):
     """Returns the `tf.train.Checkpoint` of a run.
 
     It holds the model's weights, the optimizer (slots, iteration count,
     learning rate), the step counter, the data iterator's position, every
     random-number state of the model (dropout's `SeedGenerator`s) and the
-    metric accumulators, so a resumed run continues exactly.
+    metric accumulators, and the best evaluation so far, so a resumed run
+    continues exactly.
     """
     weight_ids = {id(w) for w in model.weights}
     rng = [v for v in model.variables if id(v) not in weight_ids]
@@ -38,6 +39,7 @@ def state(model, optimizer, step, iterator):
         iterator=iterator,
         rng=_tf_variables(rng),
         metrics=_tf_variables(metric_vars),
+        best=best,
     )
 
 
@@ -57,7 +59,9 @@ def restore_latest(checkpoint, checkpoint_manager):
     for path in paths:
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as e:
+        # A damaged file surfaces as any of these, depending on where the
+        # damage is; a later successful restore overwrites every object.
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
             logging.warning(
                 "Checkpoint %s is damaged (%s); trying the previous one.",
                 path,

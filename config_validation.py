@@ -4,6 +4,7 @@ Each failure is a `ConfigError` whose message is one line naming the field,
 the value received and what is allowed; `train.py` prints it and exits 2.
 """
 
+import distribution
 import input_pipeline
 import models
 import optimizers
@@ -60,6 +61,8 @@ def validate(config):
     for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
         _int(config, field, 1)
     _int(config, "max_shift", 0)
+    if not isinstance(config.download, bool):
+        _fail("download", config.download, "expected True or False")
 
     _choice(config, "model.name", models.ARCHITECTURES)
     units = config.model.hidden_units
@@ -76,7 +79,22 @@ def validate(config):
     _float(config, "decay_factor", 0.0)
     _int(config, "num_epochs", 1)
 
+    boundaries = config.boundaries
+    if list(boundaries) != sorted(set(boundaries)) or not all(
+        isinstance(b, int) and b > 0 for b in boundaries
+    ):
+        _fail("boundaries", boundaries, "expected increasing positive steps")
+
     _int(config, "steps_per_loop", 1)
     _int(config, "eval_every_epochs", 1)
+    _choice(config, "best_mode", ("max", "min"))
+    if not config.best_metric.startswith("eval_"):
+        _fail("best_metric", config.best_metric, "expected an eval_ metric")
+    _int(config, "fast_dev_run", 0)
+    _int(config, "overfit_batches", 0)
     _int(config, "checkpoint_every_steps", 1)
     _int(config, "max_checkpoints_to_keep", 1)
+
+    _choice(config, "distribution", distribution.STRATEGIES)
+    _int(config, "cpu_devices", 0)
+    _int(config, "collective_timeout_s", 1)

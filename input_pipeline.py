@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import socket
+import urllib.parse
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -32,20 +34,55 @@ class DatasetInfo:
     num_eval: int
 
 
-def _prepare(name, data_dir):
+def _reachable(urls, timeout=5.0):
+    """Whether every host in `urls` accepts a TCP connection.
+
+    Offline, TFDS retries each download for minutes before failing; this
+    check fails in seconds instead.
+    """
+    for url in urls:
+        parsed = urllib.parse.urlparse(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout).close()
+        except OSError:
+            return False
+    return True
+
+
+def _unavailable(name, builder, why):
+    where = os.path.join(builder.data_dir_root, name)
+    return DatasetUnavailableError(
+        f"dataset '{name}' is not prepared under {where} and {why}. Prepare "
+        f"it on a machine with network access (`tfds build {name} "
+        f"--data_dir=DIR`), copy DIR here and pass --config.data_dir=DIR."
+    )
+
+
+def _prepare(name, data_dir, download):
+    """Returns the TFDS builder of `name`, prepared.
+
+    Raises:
+        DatasetUnavailableError: `name` is not prepared under `data_dir`
+            and cannot be downloaded.
+    """
     builder = tfds.builder(name, data_dir=data_dir)
-    if name in OFFLINE:
+    if name in OFFLINE or builder.is_prepared():
         builder.download_and_prepare()
         return builder
+    if not download:
+        raise _unavailable(
+            name, builder, "downloading is off (config.download)"
+        )
+    if not _reachable(builder.url_infos or {}):
+        raise _unavailable(
+            name, builder, "its download servers are unreachable"
+        )
     try:
         builder.download_and_prepare()
     except Exception as e:  # TFDS raises many unrelated types offline.
-        where = os.path.join(builder.data_dir_root, name)
-        raise DatasetUnavailableError(
-            f"dataset '{name}' is not prepared under {where} and could not be "
-            f"downloaded ({type(e).__name__}). Prepare it on a machine with "
-            f"network access (`tfds build {name} --data_dir=DIR`), copy DIR "
-            f"here and pass --config.data_dir=DIR."
+        raise _unavailable(
+            name, builder, f"downloading it failed ({type(e).__name__})"
         ) from e
     return builder
 
@@ -83,11 +120,15 @@ def _random_shift(max_shift, seed):
 def create_datasets(
     dataset,
     data_dir,
+    download,
     batch_size,
     eval_batch_size,
     shuffle_buffer,
     seed,
     max_shift=0,
+    overfit_batches=0,
+    num_shards=1,
+    shard_index=0,
 ):
     """Returns `(train, eval, info)`.
 
@@ -96,8 +137,15 @@ def create_datasets(
     batches of exactly `batch_size` (a fixed shape, for XLA and for
     distribution). Its iterator can be checkpointed. `eval` is one pass over
     the test split.
+
+    With `overfit_batches=N > 0`, `train` cycles over the same first N
+    batches (no shuffling, no augmentation) and `eval` is those N batches:
+    a model that cannot drive that loss to ~0 has a bug.
+
+    `batch_size` is this worker's batch; `num_shards`/`shard_index` give
+    each of several workers its own part of the training split.
     """
-    builder = _prepare(dataset, data_dir)
+    builder = _prepare(dataset, data_dir, download)
     pixel_max = PIXEL_MAX[dataset]
 
     def preprocess(image, label):
@@ -109,7 +157,8 @@ def create_datasets(
         )
         return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 
-    train = load("train")
+    # Each worker of a multi-worker run trains on its own shard.
+    train = load("train").shard(num_shards, shard_index)
     test = load("test")
     info = DatasetInfo(
         input_shape=tuple(builder.info.features["image"].shape),
@@ -117,6 +166,17 @@ def create_datasets(
         num_train=_num_examples(builder, "train", train),
         num_eval=_num_examples(builder, "test", test),
     )
+    if overfit_batches:
+        fixed = train.batch(batch_size, drop_remainder=True).take(
+            overfit_batches
+        )
+        fixed = fixed.cache()
+        info = dataclasses.replace(
+            info,
+            num_train=overfit_batches * batch_size,
+            num_eval=overfit_batches * batch_size,
+        )
+        return fixed.repeat().prefetch(tf.data.AUTOTUNE), fixed, info
     train = (
         train.cache()
         .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

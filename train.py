@@ -14,7 +14,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Hide TensorFlow's C++ start-up chatter (CPU feature notes, no-GPU notes).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -22,6 +22,11 @@ config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and outputs.")
+flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a workdir's run even though the config differs from the saved one.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -49,6 +54,8 @@ def _parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; use --config.FIELD=VALUE.")
+    # TensorFlow's INFO lines (saver, export) would drown the progress bars.
+    logging.set_verbosity(logging.WARNING)
     try:
         config = FLAGS.config
         config.keys()  # A config file that failed to load raises here.
@@ -56,15 +63,27 @@ def main(argv):
         _fail(" ".join(str(e).split()))
     # Imported here, after flag parsing, so `--help` and flag errors return
     # without the ~5 s TensorFlow import.
+    import checkpointing
     import config_validation
+    import distribution
     import input_pipeline
     import trainer
+    import workdir
 
     try:
-        metrics = trainer.train_and_evaluate(config, FLAGS.workdir)
+        metrics = trainer.train_and_evaluate(
+            config, FLAGS.workdir, FLAGS.allow_config_change
+        )
+    except trainer.Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(128 + e.signum)  # The shell's convention for a signal.
     except (
+        checkpointing.NoUsableCheckpointError,
         config_validation.ConfigError,
+        distribution.DistributionError,
         input_pipeline.DatasetUnavailableError,
+        workdir.ConfigMismatchError,
+        workdir.WorkdirInUseError,
     ) as e:
         _fail(str(e))
     print("Done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -6,8 +6,11 @@ checkpoint the data iterator (for exact resume) and run under
 `MultiWorkerMirroredStrategy`, neither of which `fit` supports.
 """
 
+import contextlib
 import math
 import os
+import signal
+import threading
 import time
 
 import keras
@@ -15,10 +18,42 @@ import tensorflow as tf
 
 import checkpointing
 import config_validation
+import distribution
 import input_pipeline
 import models
 import optimizers
 import summaries
+import workdir as workdir_guard
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+    def __init__(self, signum, step, checkpoint):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}; "
+            f"checkpoint saved to {checkpoint}. Rerun the same command to "
+            "resume."
+        )
+
+
+@contextlib.contextmanager
+def _catch_preemption():
+    """Records SIGTERM/SIGINT instead of dying, so the loop can save first."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # Signal handlers can only be set from the main thread.
+        return
+    previous = {
+        s: signal.signal(s, lambda signum, _: received.append(signum))
+        for s in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _metric_values(model, prefix=""):
@@ -41,142 +76,246 @@ def _create_model(model_config, info):
     )
 
 
-def _evaluate(model, eval_fn, eval_data):
-    for metric in model.metrics:
-        metric.reset_state()
-    eval_fn(eval_data)
-    return _metric_values(model, prefix="eval_")
+def _create_optimizer(config, total_steps):
+    schedule = optimizers.create_schedule(
+        config.schedule,
+        config.learning_rate,
+        total_steps=total_steps,
+        warmup_steps=config.warmup_steps,
+        boundaries=config.boundaries,
+        decay_factor=config.decay_factor,
+    )
+    return optimizers.create_optimizer(
+        config.optimizer,
+        schedule,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
 
 
-def train_and_evaluate(config, workdir):
+def _is_better(value, best, mode):
+    return value > best if mode == "max" else value < best
+
+
+def train_and_evaluate(config, workdir, allow_config_change=False):
     """Trains `config`'s model, resuming from `workdir` if it holds a run.
 
     Args:
         config: An `ml_collections.ConfigDict` like `configs/default.py`'s.
-        workdir: Directory for checkpoints, summaries and the final model.
+        workdir: Directory for checkpoints, summaries and exported models.
+        allow_config_change: Resume a run even if its saved config differs
+            from `config` in more than the run length.
 
     Returns:
-        A dict of the final metrics: `step`, the last epoch's training
-        metrics (`loss`, `accuracy`) and the evaluation on the test split
+        A dict of the final metrics: `step`, the last training metrics
+        (`loss`, `accuracy`, ...) and the evaluation on the test split
         (`eval_loss`, `eval_accuracy`).
 
     Raises:
         config_validation.ConfigError: a config value is invalid.
         input_pipeline.DatasetUnavailableError: the dataset cannot be had.
+        workdir.WorkdirInUseError: another trainer is using `workdir`.
+        workdir.ConfigMismatchError: `workdir` holds a run of another config.
+        Preempted: SIGTERM or SIGINT arrived; a checkpoint was saved.
     """
     config_validation.validate(config)
     workdir = os.path.abspath(workdir)
+    if config.fast_dev_run:
+        # A smoke run writes nothing: no lock, config, checkpoint or export.
+        return _train(config, workdir, writes=False)
     os.makedirs(workdir, exist_ok=True)
+    with workdir_guard.lock(workdir):
+        workdir_guard.check_and_save_config(
+            workdir, config.to_json(), allow_config_change
+        )
+        return _train(config, workdir, writes=True)
+
+
+def _train(config, workdir, writes):
+    distribution.split_cpu(config.cpu_devices)
+    strategy = distribution.create_strategy(
+        config.distribution, config.collective_timeout_s
+    )
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
 
+    num_workers, worker_index, _ = distribution.worker_info(strategy)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise config_validation.ConfigError(
+            f"config.batch_size={config.batch_size} is invalid: expected a "
+            f"multiple of the {strategy.num_replicas_in_sync} replicas."
+        )
     train_data, eval_data, info = input_pipeline.create_datasets(
         dataset=config.dataset,
         data_dir=config.data_dir,
-        batch_size=config.batch_size,
+        download=config.download,
+        batch_size=config.batch_size // num_workers,
+        num_shards=num_workers,
+        shard_index=worker_index,
         eval_batch_size=config.eval_batch_size,
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
         max_shift=config.max_shift,
+        overfit_batches=config.overfit_batches,
     )
-    steps_per_epoch = math.ceil(info.num_train / config.batch_size)
-    total_steps = config.num_epochs * steps_per_epoch
+    if config.fast_dev_run:
+        steps_per_epoch = total_steps = config.fast_dev_run
+        eval_data = eval_data.take(config.fast_dev_run)
+    else:
+        steps_per_epoch = math.ceil(info.num_train / config.batch_size)
+        total_steps = config.num_epochs * steps_per_epoch
+    num_epochs = total_steps // steps_per_epoch
 
-    model = _create_model(config.model, info)
-    optimizer = optimizers.create_optimizer(
-        config.optimizer,
-        optimizers.create_schedule(
-            config.schedule,
-            config.learning_rate,
-            total_steps=total_steps,
-            warmup_steps=config.warmup_steps,
-            boundaries=config.boundaries,
-            decay_factor=config.decay_factor,
-        ),
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    # Slots must exist before a restore, or they are silently not restored.
-    optimizer.build(model.trainable_variables)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    with strategy.scope():
+        model = _create_model(config.model, info)
+        optimizer = _create_optimizer(config, total_steps)
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        # Slots must exist before a restore, or they are not restored.
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        initial_best = -math.inf if config.best_mode == "max" else math.inf
+        best = tf.Variable(initial_best, dtype=tf.float64, trainable=False)
+    # A plain iterator, not a distributed one: only plain ones checkpoint.
     iterator = iter(train_data)
+    eval_data = strategy.experimental_distribute_dataset(eval_data)
 
-    checkpoint = checkpointing.state(model, optimizer, step, iterator)
-    manager = checkpointing.manager(
-        checkpoint,
-        os.path.join(workdir, "checkpoints"),
-        config.max_checkpoints_to_keep,
-    )
-    restored = checkpointing.restore_latest(checkpoint, manager)
-    if restored:
-        print(f"Resuming from {restored} at step {int(step)}.")
+    checkpoint = checkpointing.state(model, optimizer, step, iterator, best)
+    manager = best_manager = None
+    if writes:
+        manager = checkpointing.manager(
+            checkpoint,
+            os.path.join(workdir, "checkpoints"),
+            config.max_checkpoints_to_keep,
+        )
+        best_manager = checkpointing.manager(
+            tf.train.Checkpoint(model=model),
+            os.path.join(workdir, "best_checkpoint"),
+            max_to_keep=1,
+        )
+        restored = checkpointing.restore_latest(checkpoint, manager)
+        if restored:
+            print(f"Resuming from {restored} at step {int(step)}.")
+
+    def first_replica(logs):
+        return tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0], logs
+        )
+
+    def one_step(iterator):
+        batch = distribution.split_batch(strategy, next(iterator))
+        return strategy.run(model.train_step, args=(batch,))
 
     @tf.function
     def train_steps(iterator, num_steps):
-        for _ in tf.range(num_steps):
-            model.train_step(next(iterator))
-        step.assign_add(tf.cast(num_steps, tf.int64))
+        # The first step outside the loop gives `logs` its structure.
+        logs = one_step(iterator)
+        for _ in tf.range(num_steps - 1):
+            logs = one_step(iterator)
+        step.assign_add(num_steps)
+        return first_replica(logs)
 
     @tf.function
-    def eval_all(dataset):
+    def evaluate_all(dataset):
         for batch in dataset:
-            model.test_step(batch)
+            strategy.run(model.test_step, args=(batch,))
 
-    writer = summaries.Writer(workdir)
-    train_logs = {}
-    eval_logs = {}
-    while int(step) < total_steps:
-        epoch, step_in_epoch = divmod(int(step), steps_per_epoch)
-        if step_in_epoch == 0:
-            for metric in model.metrics:
-                metric.reset_state()
-        progress = keras.utils.Progbar(
-            steps_per_epoch, stateful_metrics=["loss", "accuracy", "steps/s"]
-        )
-        print(f"Epoch {epoch + 1}/{config.num_epochs}")
-        progress.update(step_in_epoch)
-        epoch_end = (epoch + 1) * steps_per_epoch
-        while int(step) < epoch_end:
-            current = int(step)
-            next_checkpoint = (
-                current // config.checkpoint_every_steps + 1
-            ) * config.checkpoint_every_steps
-            num_steps = min(
-                config.steps_per_loop,
-                epoch_end - current,
-                next_checkpoint - current,
-            )
-            start = time.perf_counter()
-            train_steps(iterator, tf.constant(num_steps, tf.int64))
-            train_logs = _metric_values(model)
-            train_logs["steps/s"] = num_steps / (time.perf_counter() - start)
-            progress.update(
-                int(step) - epoch * steps_per_epoch, list(train_logs.items())
-            )
-            if int(step) % config.checkpoint_every_steps == 0:
-                manager.save(checkpoint_number=int(step))
-        scalars = dict(train_logs)
-        scalars["learning_rate"] = float(optimizer.learning_rate)
-        if (epoch + 1) % config.eval_every_epochs == 0 or int(
-            step
-        ) == total_steps:
-            eval_logs = _evaluate(model, eval_all, eval_data)
-            scalars.update(eval_logs)
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in eval_logs.items()))
-        writer.write(int(step), scalars)
+    def evaluate():
+        for metric in model.metrics:
+            metric.reset_state()
+        evaluate_all(eval_data)
+        return _metric_values(model, prefix="eval_")
 
-    if not eval_logs:
-        eval_logs = _evaluate(model, eval_all, eval_data)
-    if int(step) != (
-        manager.latest_checkpoint
-        and int(manager.latest_checkpoint.rsplit("-", 1)[1])
-    ):
-        manager.save(checkpoint_number=int(step))
-    writer.close()
-    model.save(os.path.join(workdir, "model.keras"))
+    def save():
+        if writes and manager.latest_checkpoint != _path(manager, int(step)):
+            manager.save(checkpoint_number=int(step))
+        return _path(manager, int(step)) if writes else None
+
+    writer = summaries.Writer(workdir) if writes else None
+    train_logs, eval_logs = {}, {}
+    with _catch_preemption() as signals:
+        while int(step) < total_steps:
+            epoch, done_in_epoch = divmod(int(step), steps_per_epoch)
+            if done_in_epoch == 0:
+                for metric in model.metrics:
+                    metric.reset_state()
+            print(f"Epoch {epoch + 1}/{num_epochs}")
+            progress = keras.utils.Progbar(
+                steps_per_epoch, stateful_metrics=["steps/s"]
+            )
+            progress.update(done_in_epoch)
+            epoch_end = (epoch + 1) * steps_per_epoch
+            while int(step) < epoch_end:
+                current = int(step)
+                every = config.checkpoint_every_steps
+                next_checkpoint = (current // every + 1) * every
+                num_steps = min(
+                    config.steps_per_loop,
+                    epoch_end - current,
+                    next_checkpoint - current,
+                )
+                start = time.perf_counter()
+                logs = train_steps(iterator, tf.constant(num_steps, tf.int64))
+                seconds = time.perf_counter() - start
+                train_logs = {k: float(v) for k, v in logs.items()}
+                train_logs.update(_metric_values(model))
+                train_logs["steps/s"] = num_steps / seconds
+                progress.update(
+                    int(step) - epoch * steps_per_epoch,
+                    list(train_logs.items()),
+                )
+                scalars = dict(train_logs)
+                scalars["learning_rate"] = float(optimizer.learning_rate)
+                at_epoch_end = int(step) == epoch_end
+                if at_epoch_end and (
+                    (epoch + 1) % config.eval_every_epochs == 0
+                    or int(step) == total_steps
+                ):
+                    eval_logs = evaluate()
+                    scalars.update(eval_logs)
+                    print(
+                        " - ".join(
+                            f"{k}: {v:.4f}" for k, v in eval_logs.items()
+                        )
+                    )
+                    value = eval_logs[config.best_metric]
+                    if writes and _is_better(
+                        value, float(best), config.best_mode
+                    ):
+                        best.assign(value)
+                        best_manager.save(checkpoint_number=int(step))
+                if writes:
+                    writer.write(int(step), scalars)
+                    if int(step) % every == 0:
+                        save()
+                if signals:
+                    raise Preempted(signals[0], int(step), save())
+
+    if not eval_logs or int(step) % steps_per_epoch:
+        eval_logs = evaluate()
+    if writes:
+        save()
+        writer.close()
+        _export(model, workdir, "")
+        summaries.plot_curves(workdir)
+        if best_manager.latest_checkpoint:
+            tf.train.Checkpoint(model=model).restore(
+                best_manager.latest_checkpoint
+            ).assert_existing_objects_matched()
+            _export(model, workdir, "best_")
     return {"step": int(step), **train_logs, **eval_logs}
+
+
+def _path(manager, number):
+    return os.path.join(manager.directory, f"ckpt-{number}")
+
+
+def _export(model, workdir, prefix):
+    """Writes `{prefix}model.keras` and the `{prefix}saved_model/` export."""
+    model.save(os.path.join(workdir, f"{prefix}model.keras"))
+    model.export(os.path.join(workdir, f"{prefix}saved_model"), verbose=False)

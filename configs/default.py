@@ -18,6 +18,9 @@ def get_config():
     # Where TFDS keeps prepared datasets. None: ~/tensorflow_datasets, or the
     # TFDS_DATA_DIR environment variable.
     config.data_dir = ml_collections.FieldReference(None, field_type=str)
+    # Catalog datasets (mnist, ...) are downloaded when missing; False makes a
+    # missing dataset an immediate error instead.
+    config.download = True
     config.batch_size = 32  # global batch, split across replicas
     config.eval_batch_size = 512
     config.shuffle_buffer = 10_000  # >= the digits train split: full shuffle
@@ -49,9 +52,29 @@ def get_config():
 
     # training loop
     config.seed = 0
+    # Bitwise-reproducible ops, so a resumed run equals an uninterrupted one.
+    config.deterministic = True
     # Train steps run inside one tf.function call: fewer Python round trips.
     config.steps_per_loop = 45
     config.eval_every_epochs = 10
+    # The best checkpoint is kept and exported by this evaluation metric.
+    config.best_metric = "eval_accuracy"
+    config.best_mode = "max"  # max | min
+
+    # quick checks of a new layer or model
+    config.fast_dev_run = 0  # N > 0: N train steps, N eval batches, no writes
+    config.overfit_batches = 0  # N > 0: train and evaluate on N fixed batches
+
+    # distribution
+    config.distribution = (
+        "auto"  # auto | one_device | mirrored | multi_worker | tpu
+    )
+    # Split the CPU into N logical devices (0: don't), to try `mirrored`
+    # without GPUs. Must be the first TensorFlow set-up in the process.
+    config.cpu_devices = 0
+    # A multi-worker collective waiting this long on a lost worker fails the
+    # run instead of hanging it.
+    config.collective_timeout_s = 120
 
     # checkpointing
     config.checkpoint_every_steps = 900  # every 20 epochs here

@@ -1,0 +1,41 @@
+"""CIFAR-10 (32x32 colour objects) + MLP from `mylayers`.
+
+Launch:
+  python train.py --config configs/cifar10.py --workdir runs/cifar10
+
+Needs the TFDS catalog dataset `cifar10`: it is downloaded on first use, which
+needs network access. Offline, prepare it elsewhere with
+`tfds build cifar10 --data_dir=DIR`, copy DIR here and add
+`--config.data_dir=DIR`; the trainer says so if the dataset is missing.
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+
+    # data
+    config.dataset = "cifar10"
+    config.batch_size = 128
+    config.shuffle_buffer = 10_000  # of 50-60k examples: enough mixing
+    config.max_shift = 2  # a few pixels of play on 28-32 pixel images
+
+    # model
+    config.model.hidden_units = (1024, 1024)
+    config.model.dropout = 0.2
+
+    # optimizer
+    config.learning_rate = 1e-3
+    config.warmup_steps = 500
+    # Accuracy not yet measured: the development machine has no network.
+    config.num_epochs = 30
+
+    # training loop
+    config.steps_per_loop = 100
+    config.eval_every_epochs = 1
+
+    # checkpointing
+    config.checkpoint_every_steps = 2_000
+
+    return config

@@ -1,0 +1,129 @@
+"""`tf.distribute` strategies from a config name.
+
+`config.batch_size` is always the global batch; each strategy splits it
+across its replicas, and Keras losses divide by the replica count.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+class DistributionError(RuntimeError):
+    """The requested strategy cannot run here."""
+
+
+def split_cpu(num_devices):
+    """Splits the CPU into `num_devices` logical devices (0: leave as is).
+
+    A stand-in for several GPUs when testing `mirrored` on a CPU. It must
+    run before TensorFlow initialises its devices.
+    """
+    if not num_devices:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    wanted = [tf.config.LogicalDeviceConfiguration()] * num_devices
+    if tf.config.get_logical_device_configuration(cpu) == wanted:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, wanted)
+    except RuntimeError:
+        raise DistributionError(
+            f"config.cpu_devices={num_devices} needs a fresh process: "
+            "TensorFlow's devices were already initialised."
+        ) from None
+
+
+def _workers_in_tf_config():
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def create_strategy(name, collective_timeout_s):
+    """Returns the strategy for `name` (one of `STRATEGIES`).
+
+    Args:
+        name: `auto` picks `multi_worker` when TF_CONFIG names several
+            workers, else `mirrored` over several GPUs, else one device.
+        collective_timeout_s: How long a multi-worker collective waits for
+            a lost worker before failing, instead of hanging forever.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        if _workers_in_tf_config() > 1:
+            name = "multi_worker"
+        elif len(gpus) > 1:
+            name = "mirrored"
+        else:
+            name = "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(
+            gpus[0].name if gpus else "/cpu:0"
+        )
+    if name == "mirrored":
+        devices = [
+            d.name for d in gpus or tf.config.list_logical_devices("CPU")
+        ]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise DistributionError(
+                "config.distribution='multi_worker' needs the TF_CONFIG "
+                "environment variable (see README, 'Several machines')."
+            )
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=collective_timeout_s
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=options
+        )
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as e:
+            raise DistributionError(
+                f"config.distribution='tpu' found no TPU ({e})."
+            ) from None
+        return tf.distribute.TPUStrategy(resolver)
+    raise DistributionError(
+        f"config.distribution={name!r} is unknown; expected one of "
+        f"{', '.join(STRATEGIES)}."
+    )
+
+
+def worker_info(strategy):
+    """Returns `(num_workers, worker_index, is_chief)` of this process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1, 0, True
+    cluster = resolver.cluster_spec().as_dict()
+    chiefs = len(cluster.get("chief", []))
+    num_workers = chiefs + len(cluster.get("worker", []))
+    task_type, task_id = resolver.task_type, resolver.task_id
+    index = task_id if task_type == "chief" else chiefs + task_id
+    is_chief = task_type == "chief" or (not chiefs and task_id == 0)
+    return num_workers, index, is_chief
+
+
+def split_batch(strategy, batch):
+    """Splits this worker's batch into one slice per local replica.
+
+    The trainer reads whole batches from a plain `tf.data` iterator, which
+    (unlike `experimental_distribute_dataset`'s) can be checkpointed, and
+    hands each replica its contiguous slice, as that function would.
+    """
+    num_workers, _, _ = worker_info(strategy)
+    local = strategy.num_replicas_in_sync // num_workers
+    if strategy.num_replicas_in_sync == 1:
+        return batch
+
+    def replica_slice(context):
+        index = context.replica_id_in_sync_group % local
+        return tf.nest.map_structure(lambda t: tf.split(t, local)[index], batch)
+
+    return strategy.experimental_distribute_values_from_function(replica_slice)
