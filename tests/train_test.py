@@ -36,9 +36,18 @@ def test_train_and_evaluate_returns_metrics(tmp_path):
     assert metrics["eval_loss"] < 2.0
     assert 0.0 < metrics["loss"] < 2.3
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [45, 90]
+    records = [json.loads(line) for line in lines]
+    # Training scalars after every loop (cut at checkpoints, every 30 steps),
+    # evaluation at the end of every epoch (45 steps).
+    assert [r["step"] for r in records] == [30, 45, 60, 90]
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [45, 90]
+    assert all("learning_rate" in r and "steps/s" in r for r in records)
     assert os.listdir(tmp_path / "tensorboard")
     assert (tmp_path / "checkpoints" / "ckpt-90.index").exists()
+    for name in ("model.keras", "best_model.keras", "curves.png"):
+        assert (tmp_path / name).exists(), name
+    for name in ("saved_model", "best_saved_model"):
+        assert (tmp_path / name / "saved_model.pb").exists(), name
 
 
 def test_saved_model_keras_predicts_the_same_in_fresh_process(tmp_path):
