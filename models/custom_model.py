@@ -170,7 +170,10 @@ class CustomModel(keras.Model):
             gradient_accumulation_steps: If an integer k >= 2, the optimizer
                 applies the mean gradient of k consecutive `train_step`
                 calls (micro-batches) once every k calls: Keras's optimizer
-                option of that name, set here. Single-replica only.
+                option of that name, set here (its `iterations`, which
+                learning-rate schedules read, counts updates, not calls).
+                Single-replica only: Keras's accumulation fails under
+                MirroredStrategy.
             max_consecutive_non_finite: If set (M >= 1), a step whose loss
                 or gradients hold NaN or Inf changes no weight and no
                 optimizer state; `non_finite_steps` counts such steps, and
@@ -376,10 +379,10 @@ class CustomModel(keras.Model):
         if step_parts.replicas() > 1:
             raise ValueError(
                 "CustomModel.compile supports `gradient_accumulation_steps` "
-                "on one replica only: Keras's optimizer accumulates each "
-                "replica's partial gradient without an all-reduce. Received: "
-                f"gradient_accumulation_steps={steps} with "
-                f"{step_parts.replicas()} replicas"
+                "on one replica only: Keras's optimizer accumulation fails "
+                "under MirroredStrategy (its update, inside a tf.cond, needs "
+                "merge_call). Received: gradient_accumulation_steps="
+                f"{steps} with {step_parts.replicas()} replicas"
             )
         current = optimizer.gradient_accumulation_steps
         if current == steps:

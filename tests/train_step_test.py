@@ -229,6 +229,21 @@ def test_mixed_precision_update_matches_float32(policy, name, rtol):
     _assert_update_close(update, reference, rtol)
 
 
+def test_accumulation_under_loss_scaling_equals_one_big_batch(policy):
+    policy("mixed_float16")
+    x, y, _ = _data()
+    accumulating = _compile(
+        _build(), keras.optimizers.SGD(1.0), gradient_accumulation_steps=2
+    )
+    big = _compile(_build(), keras.optimizers.SGD(1.0))
+    start = big.get_weights()
+    _run(accumulating, [(x[:16], y[:16]), (x[16:32], y[16:32])], "function")
+    _run(big, [(x[:32], y[:32])], "function")
+    update = [b - a for a, b in zip(start, accumulating.get_weights())]
+    reference = [b - a for a, b in zip(start, big.get_weights())]
+    _assert_update_close(update, reference, 1e-2)
+
+
 def test_mixed_float16_check_catches_missing_loss_scaling(policy):
     # Without `scale_loss` the optimizer still divides by the loss scale:
     # every update shrinks ~32768x, silently. The check above must see it.
@@ -490,3 +505,4 @@ def test_mirrored_strategy_on_two_cpus():
     assert report["num_norms"] == 3  # global and 2 layers
     assert report["fit_non_finite_steps"] == 1
     assert report["fit_weights_finite"] is True
+    assert report["accumulation_refused"] is True

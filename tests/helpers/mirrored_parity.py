@@ -169,6 +169,18 @@ def main():
     report["grad_norm"] = float(logs["grad_norm"])
     report["grad_norm_single"] = float(single_logs["grad_norm"])
 
+    # Keras's accumulation fails under the strategy: compile refuses it.
+    try:
+        with strategy.scope():
+            _model(
+                models.CustomModel,
+                keras.optimizers.SGD(0.1),
+                gradient_accumulation_steps=2,
+            )
+        report["accumulation_refused"] = False
+    except ValueError as e:
+        report["accumulation_refused"] = "one replica only" in str(e)
+
     # `fit` under the strategy, with the guard and a NaN batch.
     with strategy.scope():
         fitted = _model(
