@@ -155,9 +155,9 @@ class CustomModel(keras.Model):
         They are `compile` arguments, not constructor ones, because they
         decide how the model trains, not what it computes: a saved model
         keeps them in its compile config, and a Functional model built from
-        inputs and outputs takes them as any subclass does. The defaults keep
-        Keras's update exactly; `missing_gradients` turns Keras's warning
-        into an error.
+        inputs and outputs takes them as any subclass does. The defaults give
+        Keras's update; only `missing_gradients` changes a default
+        behaviour, turning Keras's warning into an error.
 
         Args:
             *args: `keras.Model.compile` arguments.
@@ -177,7 +177,8 @@ class CustomModel(keras.Model):
             max_consecutive_non_finite: If set (M >= 1), a step whose loss
                 or gradients hold NaN or Inf changes no weight and no
                 optimizer state; `non_finite_steps` counts such steps, and
-                the step that makes M in a row raises. Under
+                the step that makes M in a row raises (see
+                `check_non_finite`). Skipped steps update no metric. Under
                 `mixed_float16`, gradient overflow is left to the
                 `LossScaleOptimizer` (which skips it and lowers its scale);
                 only a non-finite loss counts.
@@ -303,11 +304,20 @@ class CustomModel(keras.Model):
             self.optimizer.apply(gradients, variables)
 
         if state.max_consecutive_non_finite:
-            logs.update(self._guarded_apply(loss, gradients, apply))
+            finite, guard_logs = self._guarded_apply(loss, gradients, apply)
+            logs.update(guard_logs)
         else:
             apply(gradients)
-        # Metrics, and the step's own logs.
-        metrics = self._update_metrics(loss, x, y, y_pred, sample_weight)
+
+        # Metrics, and the step's own logs. A skipped step's NaN loss would
+        # turn the epoch's mean loss into NaN, so it updates no metric.
+        def update_metrics():
+            return self._update_metrics(loss, x, y, y_pred, sample_weight)
+
+        if state.max_consecutive_non_finite:
+            metrics = tf.cond(finite, update_metrics, self._metric_results)
+        else:
+            metrics = update_metrics()
         return {**metrics, **logs}
 
     def make_train_function(self, force=False):
@@ -445,7 +455,10 @@ class CustomModel(keras.Model):
             store[name].assign(tf.sqrt(tf.add_n(layer_squares)) / scale)
 
     def _guarded_apply(self, loss, gradients, apply):
-        """`apply(gradients)` unless the step is non-finite; counts it."""
+        """`apply(gradients)` unless the step is non-finite; counts it.
+
+        Returns whether the step was finite, and the logs to add.
+        """
         state = self._step_state
         # A LossScaleOptimizer skips gradient overflow itself and lowers its
         # scale; guarding it here would stop the scale from ever falling.
@@ -462,7 +475,24 @@ class CustomModel(keras.Model):
         tf.debugging.assert_less(
             new_run, tf.constant(limit, tf.int64), _non_finite_message(limit)
         )
-        return {"non_finite_steps": total.read_value()}
+        return finite, {"non_finite_steps": total.read_value()}
+
+    def _metric_results(self):
+        """`get_metrics_result()` without the metrics not yet built.
+
+        Compile metrics are built by their first update, which an eager
+        run whose first step is skipped has not made yet.
+        """
+        results = {}
+        for metric in self.metrics:
+            if not getattr(metric, "built", True):
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
 
     def _update_metrics(self, loss, x, y, y_pred, sample_weight):
         # The loss is divided by the replica count under tf.distribute;

@@ -38,17 +38,6 @@ def check_missing_gradients(gradients, variables, mode):
     logging.warning(message)
 
 
-def global_sum_of_squares(gradients):
-    """Sum of squares of every gradient, accumulated in float32."""
-    return tf.add_n(
-        [
-            tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
-            for g in gradients
-            if g is not None
-        ]
-    )
-
-
 def all_reduced(gradients):
     """The gradients summed over replicas: what the optimizer will apply.
 
