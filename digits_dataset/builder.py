@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 _CSV = os.path.join(os.path.dirname(__file__), "digits.csv.gz")
 _SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
-# Line i goes to the test split when i % _TEST_EVERY == _TEST_EVERY - 1.
+# Every fifth example of each class, in file order, goes to the test split.
 _TEST_EVERY = 5
 
 _CITATION = """\
@@ -50,11 +50,28 @@ def read_csv(path=_CSV):
     return images, rows[:, 64]
 
 
+def test_mask(labels):
+    """True for the test examples: each class's 5th, 10th, ... in file order.
+
+    Stratified, so every class has a fifth of its examples in the test split
+    (the file is not in random order: taking every fifth line instead gives
+    21 test examples of one class and 52 of another).
+    """
+    rank_in_class = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        rank_in_class[where] = np.arange(len(where))
+    return rank_in_class % _TEST_EVERY == _TEST_EVERY - 1
+
+
 class Digits(tfds.core.GeneratorBasedBuilder):
     """1,797 handwritten 8x8 digits (pixels 0..16), bundled and offline."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: fixed 1,438/359 split."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release: every fifth line is a test example.",
+        "1.1.0": "Stratified split: every fifth example of each class.",
+    }
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -78,7 +95,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # The data ships with the package: nothing to download.
         images, labels = read_csv()
-        is_test = np.arange(len(labels)) % _TEST_EVERY == _TEST_EVERY - 1
+        is_test = test_mask(labels)
         return {
             "train": self._generate_examples(images, labels, ~is_test),
             "test": self._generate_examples(images, labels, is_test),

@@ -9,7 +9,13 @@ import pytest
 
 import models  # noqa: F401  (registers the classes load_model needs)
 
-from run_helpers import latest_checkpoint_step, logged_steps, run, start, wait_for
+from run_helpers import (
+    latest_checkpoint_step,
+    logged_steps,
+    run,
+    start,
+    wait_for,
+)
 
 # A model slow enough per step (~10-30 ms on 2 cores) to stop at a chosen
 # step, with dropout, whose RNG state the checkpoint must carry.
@@ -54,7 +60,9 @@ def _kill_late(workdir, process):
 @pytest.mark.parametrize(
     "kill_when", [_kill_mid_epoch, _kill_right_after_checkpoint, _kill_late]
 )
-def test_sigkill_then_resume_is_byte_identical(tmp_path, uninterrupted, kill_when):
+def test_sigkill_then_resume_is_byte_identical(
+    tmp_path, uninterrupted, kill_when
+):
     """Exact resume is the trainer's central promise; only real SIGKILLs of
     a real subprocess at several points show it holds."""
     process = start(tmp_path, *SLOW)
@@ -99,16 +107,16 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path):
         "--config.checkpoint_every_steps=30",
     ]
     assert run(tmp_path, *tiny).returncode == 0
-    data = tmp_path / "checkpoints" / "ckpt-90.data-00000-of-00001"
+    data = tmp_path / "checkpoints" / "ckpt-92.data-00000-of-00001"
     size = data.stat().st_size
     with open(data, "r+b") as f:
         f.truncate(size // 2)
 
     result = run(tmp_path, *tiny[:1], "--config.num_epochs=3", *tiny[2:])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "ckpt-90 is damaged" in result.stderr
-    assert "ckpt-60 at step 60." in result.stdout
-    assert "Done: step=135" in result.stdout
+    assert "ckpt-92 is damaged" in result.stderr
+    assert "ckpt-90 at step 90." in result.stdout
+    assert "Done: step=138" in result.stdout
 
 
 def test_second_trainer_on_same_workdir_fails_fast(tmp_path):
@@ -129,16 +137,22 @@ def test_resume_with_other_config_is_refused(tmp_path):
     tiny = ["--config.model.hidden_units=(16,)", "--config.num_epochs=1"]
     assert run(tmp_path, *tiny).returncode == 0
 
-    refused = run(tmp_path, "--config.model.hidden_units=(32,)", "--config.num_epochs=2")
+    refused = run(
+        tmp_path, "--config.model.hidden_units=(32,)", "--config.num_epochs=2"
+    )
     assert refused.returncode == 2
-    message = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    message = [
+        line
+        for line in refused.stderr.splitlines()
+        if line.startswith("error:")
+    ]
     assert len(message) == 1
     assert "model.hidden_units: [16] -> [32]" in message[0]
     assert "num_epochs" not in message[0]  # the run length may change
 
     longer = run(tmp_path, tiny[0], "--config.num_epochs=2")
     assert longer.returncode == 0, longer.stderr[-3000:]
-    assert "at step 45." in longer.stdout
+    assert "at step 46." in longer.stdout
 
     allowed = run(
         tmp_path,
@@ -148,4 +162,4 @@ def test_resume_with_other_config_is_refused(tmp_path):
         "--allow_config_change",
     )
     assert allowed.returncode == 0, allowed.stderr[-3000:]
-    assert "Done: step=135" in allowed.stdout
+    assert "Done: step=138" in allowed.stdout

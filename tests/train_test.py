@@ -30,7 +30,7 @@ def _tiny_config():
 
 def test_train_and_evaluate_returns_metrics(tmp_path):
     metrics = trainer.train_and_evaluate(_tiny_config(), str(tmp_path))
-    assert metrics["step"] == 2 * 45
+    assert metrics["step"] == 2 * 46
     # Two epochs of a small MLP already beat chance (10%) by far.
     assert metrics["eval_accuracy"] > 0.6
     assert metrics["eval_loss"] < 2.0
@@ -38,12 +38,12 @@ def test_train_and_evaluate_returns_metrics(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     # Training scalars after every loop (cut at checkpoints, every 30 steps),
-    # evaluation at the end of every epoch (45 steps).
-    assert [r["step"] for r in records] == [30, 45, 60, 90]
-    assert [r["step"] for r in records if "eval_accuracy" in r] == [45, 90]
+    # evaluation at the end of every epoch (46 steps).
+    assert [r["step"] for r in records] == [30, 46, 60, 90, 92]
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [46, 92]
     assert all("learning_rate" in r and "steps/s" in r for r in records)
     assert os.listdir(tmp_path / "tensorboard")
-    assert (tmp_path / "checkpoints" / "ckpt-90.index").exists()
+    assert (tmp_path / "checkpoints" / "ckpt-92.index").exists()
     for name in ("model.keras", "best_model.keras", "curves.png"):
         assert (tmp_path / name).exists(), name
     for name in ("saved_model", "best_saved_model"):
@@ -83,7 +83,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL after the first checkpoint; the rerun continues from it."""
     overrides = [
         "--config.num_epochs=20",
-        "--config.checkpoint_every_steps=45",
+        "--config.checkpoint_every_steps=46",
         "--config.steps_per_loop=5",
         "--config.model.hidden_units=(512, 512)",
     ]
@@ -103,18 +103,53 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
         r'^model_checkpoint_path: "ckpt-(\d+)"', index.read_text(), re.M
     )
     killed_at = int(match.group(1))
-    assert 0 < killed_at < 900
+    assert 0 < killed_at < 920
 
     rerun = subprocess.run(
         _train_cmd(tmp_path, *overrides), capture_output=True, text=True
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"at step {killed_at}." in rerun.stdout
-    assert re.search(r"Done: step=900\b", rerun.stdout)
+    assert re.search(r"Done: step=920\b", rerun.stdout)
     steps = [
         json.loads(line)["step"]
         for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
     # The rerun logged only the epochs after the checkpoint, through the end.
-    assert steps[-1] == 900
-    assert steps.count(900) == 1
+    assert steps[-1] == 920
+    assert steps.count(920) == 1
+
+
+def test_fast_dev_run_trains_a_few_steps_and_writes_nothing(tmp_path):
+    config = _tiny_config()
+    config.fast_dev_run = 4
+    metrics = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert metrics["step"] == 4
+    assert {"loss", "accuracy", "eval_loss", "eval_accuracy"} <= set(metrics)
+    assert not (tmp_path / "run").exists()
+
+
+def test_overfit_batches_drives_the_loss_to_zero(tmp_path):
+    config = _tiny_config()
+    config.model.hidden_units = (64,)
+    config.overfit_batches = 2
+    config.num_epochs = 60  # 2 steps per epoch
+    config.eval_every_epochs = 60
+    metrics = trainer.train_and_evaluate(config, str(tmp_path))
+    assert metrics["step"] == 120
+    assert metrics["eval_accuracy"] == 1.0
+    assert metrics["eval_loss"] < 0.05
+
+
+def test_exported_saved_models_serve_the_same_predictions(tmp_path):
+    import tensorflow as tf
+
+    train_config = _tiny_config()
+    trainer.train_and_evaluate(train_config, str(tmp_path))
+    x = np.random.default_rng(1).uniform(size=(3, 8, 8, 1)).astype("float32")
+    for prefix in ("", "best_"):
+        model = keras.models.load_model(tmp_path / f"{prefix}model.keras")
+        served = tf.saved_model.load(str(tmp_path / f"{prefix}saved_model"))
+        np.testing.assert_allclose(
+            served.serve(x).numpy(), model.predict(x, verbose=0), atol=1e-6
+        )
