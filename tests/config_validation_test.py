@@ -1,10 +1,10 @@
 """Bad configs end before any work with one line, exit code 2."""
 
 import pytest
+from run_helpers import run
 
 import config_validation
 from configs import default
-from run_helpers import run
 
 BAD = [
     (
@@ -21,7 +21,8 @@ BAD = [
     ("--config.model.no_such=1", "unknown config field 'no_such'"),
     (
         "--config.dataset=imagenet",
-        "config.dataset='imagenet' is invalid: expected one of cifar10, digits, fashion_mnist, mnist",
+        "config.dataset='imagenet' is invalid: expected one of cifar10, "
+        "digits, fashion_mnist, mnist",
     ),
     (
         "--config.model.name=transformer",
@@ -34,7 +35,8 @@ BAD = [
     ("--config.schedule=linear", "config.schedule='linear' is invalid"),
     (
         "--config.model.dropout=1.5",
-        "config.model.dropout=1.5 is invalid: expected a number >= 0.0 and < 1.0",
+        "config.model.dropout=1.5 is invalid: "
+        "expected a number >= 0.0 and < 1.0",
     ),
     ("--config.num_epochs=0", "config.num_epochs=0 is invalid"),
     ("--config.momentum=2.0", "config.momentum=2.0 is invalid"),

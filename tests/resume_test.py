@@ -6,9 +6,6 @@ import signal
 import keras
 import numpy as np
 import pytest
-
-import models  # noqa: F401  (registers the classes load_model needs)
-
 from run_helpers import (
     latest_checkpoint_step,
     logged_steps,
@@ -16,6 +13,8 @@ from run_helpers import (
     start,
     wait_for,
 )
+
+import models  # noqa: F401  (registers the classes load_model needs)
 
 # A model slow enough per step (~10-30 ms on 2 cores) to stop at a chosen
 # step, with dropout, whose RNG state the checkpoint must carry.

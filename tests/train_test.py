@@ -10,7 +10,6 @@ import time
 
 import keras
 import numpy as np
-import pytest
 
 import trainer
 from configs import default
