@@ -297,26 +297,24 @@ class CustomModel(keras.Model):
         gradients, variables = zip(
             *[(g, v) for g, v in zip(gradients, variables) if g is not None]
         )
-        # Norms and clipping, then apply: guarded, or as Keras does.
+        # Norms and clipping, as `compile` asked.
         gradients, logs = self._clip_and_measure(gradients, variables)
 
         def apply(gradients):
             self.optimizer.apply(gradients, variables)
 
-        if state.max_consecutive_non_finite:
-            finite, guard_logs = self._guarded_apply(loss, gradients, apply)
-            logs.update(guard_logs)
-        else:
-            apply(gradients)
-
-        # Metrics, and the step's own logs. A skipped step's NaN loss would
-        # turn the epoch's mean loss into NaN, so it updates no metric.
         def update_metrics():
             return self._update_metrics(loss, x, y, y_pred, sample_weight)
 
         if state.max_consecutive_non_finite:
+            # Apply unless non-finite; a skipped step updates no metric
+            # either, or its NaN loss would make the epoch's mean loss NaN.
+            finite, guard_logs = self._guarded_apply(loss, gradients, apply)
             metrics = tf.cond(finite, update_metrics, self._metric_results)
+            logs.update(guard_logs)
         else:
+            # Apply, as Keras does, and update the metrics.
+            apply(gradients)
             metrics = update_metrics()
         return {**metrics, **logs}
 
