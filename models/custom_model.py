@@ -495,8 +495,10 @@ class CustomModel(keras.Model):
     def _update_metrics(self, loss, x, y, y_pred, sample_weight):
         # The loss is divided by the replica count under tf.distribute;
         # undo that so the logged loss is the per-example mean, weighted by
-        # batch size like Keras's own tracker.
-        self.loss_tracker.update_state(
-            loss * step_parts.replicas(), sample_weight=_batch_size(x)
-        )
+        # batch size like Keras's own tracker. On one replica the graph is
+        # then op for op Keras's, with no multiplication by 1.
+        replicas = step_parts.replicas()
+        if replicas > 1:
+            loss = loss * replicas
+        self.loss_tracker.update_state(loss, sample_weight=_batch_size(x))
         return self.compute_metrics(x, y, y_pred, sample_weight)

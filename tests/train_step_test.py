@@ -1,5 +1,6 @@
 """Tests of `CustomModel.train_step` against Keras's built-in step."""
 
+import collections
 import json
 import os
 import subprocess
@@ -97,6 +98,23 @@ def test_twenty_steps_equal_keras_builtin_step(mode):
     assert max(np.abs(a - b).max() for a, b in zip(start, ours.get_weights()))
     for u, v in zip(ours.optimizer.variables, theirs.optimizer.variables):
         np.testing.assert_allclose(np.array(u), np.array(v), atol=1e-6)
+
+
+def test_default_step_graph_has_the_ops_of_keras_builtin_step():
+    # Why the default step costs what Keras's costs: the same graph, op
+    # type for op type (benchmarks/train_step_bench.py times it).
+    batch = _batches(steps=1)[0]
+    graphs = [
+        tf.function(_compile(_build(cls)).train_step)
+        .get_concrete_function(batch)
+        .graph
+        for cls in (models.CustomModel, keras.Model)
+    ]
+    ours, theirs = (
+        collections.Counter(op.type for op in g.get_operations())
+        for g in graphs
+    )
+    assert ours == theirs
 
 
 @pytest.mark.parametrize("mode", MODES)
