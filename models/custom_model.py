@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from models import step_parts
+from models.step_state import StepState, check_options, set_accumulation
 
 
 def _is_functional_call(args, kwargs):
@@ -47,48 +48,6 @@ def _functional_twin(cls):
 
 def _batch_size(x):
     return tf.shape(tf.nest.flatten(x)[0])[0]
-
-
-def _layer_path(variable):
-    return variable.path.rpartition("/")[0] or variable.path
-
-
-def _positive_int_or_none(name, value, minimum=1):
-    ok = value is None or (
-        isinstance(value, int) and not isinstance(value, bool)
-    )
-    if not ok or (value is not None and value < minimum):
-        raise ValueError(
-            f"CustomModel.compile expected None or an integer >= {minimum} "
-            f"for `{name}`. Received: {name}={value!r}"
-        )
-
-
-def _non_finite_message(limit):
-    return (
-        f"{limit} consecutive training steps had a NaN or Inf loss or "
-        f"gradients (max_consecutive_non_finite={limit}); none of them "
-        "changed the weights. Lower the learning rate, check the data for "
-        "NaN/Inf, or clip gradients (global_clipnorm)."
-    )
-
-
-class _StepState:
-    """What `train_step` reads and writes besides weights and metrics.
-
-    A plain object, so neither Keras nor `tf.train.Checkpoint` tracks its
-    variables: the model's weights and `.keras` files stay as they were, and
-    the trainer checkpoints the counters explicitly (`model.step_state`).
-    """
-
-    def __init__(self):
-        self.global_clipnorm = None
-        self.max_consecutive_non_finite = None
-        self.log_grad_norm = False
-        self.layer_grad_norms = False
-        self.missing_gradients = "raise"
-        self.variables = {}
-        self.compile_config = {}
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -137,7 +96,7 @@ class CustomModel(keras.Model):
         else:
             super().__init__(*args, **kwargs)
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._step_state = _StepState()
+        self._step_state = StepState()
 
     def compile(
         self,
@@ -190,62 +149,28 @@ class CustomModel(keras.Model):
                 trainable variables the loss does not reach.
             **kwargs: `keras.Model.compile` keyword arguments.
         """
-        if global_clipnorm is not None and not global_clipnorm > 0:
-            raise ValueError(
-                "CustomModel.compile expected None or a positive number for "
-                f"`global_clipnorm`. Received: global_clipnorm="
-                f"{global_clipnorm!r}"
-            )
-        _positive_int_or_none(
-            "gradient_accumulation_steps", gradient_accumulation_steps, 2
+        check_options(
+            global_clipnorm,
+            gradient_accumulation_steps,
+            max_consecutive_non_finite,
+            missing_gradients,
         )
-        _positive_int_or_none(
-            "max_consecutive_non_finite", max_consecutive_non_finite
-        )
-        if missing_gradients not in ("raise", "warn"):
-            raise ValueError(
-                "CustomModel.compile expected 'raise' or 'warn' for "
-                "`missing_gradients`. Received: missing_gradients="
-                f"{missing_gradients!r}"
-            )
         super().compile(*args, **kwargs)
-        if gradient_accumulation_steps:
-            self._set_accumulation(gradient_accumulation_steps)
-        state = self._step_state
-        state.global_clipnorm = global_clipnorm
-        state.max_consecutive_non_finite = max_consecutive_non_finite
-        state.log_grad_norm = log_grad_norm
-        state.layer_grad_norms = layer_grad_norms
-        state.missing_gradients = missing_gradients
-        state.variables = {}
-        if log_grad_norm or layer_grad_norms:
-            state.variables["grad_norm"] = self._state_variable(
-                "grad_norm", 0.0, tf.float32
-            )
-        if layer_grad_norms:
-            for layer in dict.fromkeys(
-                map(_layer_path, self.trainable_variables)
-            ):
-                name = f"grad_norm/{layer}"
-                state.variables[name] = self._state_variable(
-                    name, 0.0, tf.float32
-                )
-        if max_consecutive_non_finite:
-            for name in ("non_finite_steps", "consecutive_non_finite"):
-                state.variables[name] = self._state_variable(name, 0, tf.int64)
-        state.compile_config = dict(
+        set_accumulation(self.optimizer, gradient_accumulation_steps)
+        self._step_state = StepState(
             global_clipnorm=global_clipnorm,
             gradient_accumulation_steps=gradient_accumulation_steps,
             max_consecutive_non_finite=max_consecutive_non_finite,
             log_grad_norm=log_grad_norm,
             layer_grad_norms=layer_grad_norms,
             missing_gradients=missing_gradients,
+            trainable_variables=self.trainable_variables,
         )
 
     def get_compile_config(self):
         config = super().get_compile_config()
         if config:
-            config.update(self._step_state.compile_config)
+            config.update(self._step_state.config)
         return config
 
     def compile_from_config(self, config):
@@ -298,7 +223,9 @@ class CustomModel(keras.Model):
             *[(g, v) for g, v in zip(gradients, variables) if g is not None]
         )
         # Norms and clipping, as `compile` asked.
-        gradients, logs = self._clip_and_measure(gradients, variables)
+        gradients, logs = state.clip_and_measure(
+            self.optimizer, gradients, variables
+        )
 
         def apply(gradients):
             self.optimizer.apply(gradients, variables)
@@ -309,7 +236,9 @@ class CustomModel(keras.Model):
         if state.max_consecutive_non_finite:
             # Apply unless non-finite; a skipped step updates no metric
             # either, or its NaN loss would make the epoch's mean loss NaN.
-            finite, guard_logs = self._guarded_apply(loss, gradients, apply)
+            finite, guard_logs = state.guarded_apply(
+                self.optimizer, loss, gradients, apply
+            )
             metrics = tf.cond(finite, update_metrics, self._metric_results)
             logs.update(guard_logs)
         else:
@@ -351,12 +280,7 @@ class CustomModel(keras.Model):
         Raises:
             FloatingPointError: `consecutive_non_finite` reached the limit.
         """
-        limit = self._step_state.max_consecutive_non_finite
-        if not limit:
-            return
-        run = int(self._step_state.variables["consecutive_non_finite"])
-        if run >= limit:
-            raise FloatingPointError(_non_finite_message(limit))
+        self._step_state.check_non_finite()
 
     def predict_step(self, data):
         """Keras's `predict_step`: the forward pass in inference mode."""
@@ -370,110 +294,6 @@ class CustomModel(keras.Model):
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
         )
         return self._update_metrics(loss, x, y, y_pred, sample_weight)
-
-    def _state_variable(self, name, value, dtype):
-        # One value for all replicas, written identically by each of them.
-        return tf.Variable(
-            value,
-            dtype=dtype,
-            trainable=False,
-            name=name.replace("/", "_"),
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
-
-    def _set_accumulation(self, steps):
-        # Keras's LossScaleOptimizer accumulates in its inner optimizer.
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        if step_parts.replicas() > 1:
-            raise ValueError(
-                "CustomModel.compile supports `gradient_accumulation_steps` "
-                "on one replica only: Keras's optimizer accumulation fails "
-                "under MirroredStrategy (its update, inside a tf.cond, needs "
-                "merge_call). Received: gradient_accumulation_steps="
-                f"{steps} with {step_parts.replicas()} replicas"
-            )
-        current = optimizer.gradient_accumulation_steps
-        if current == steps:
-            return
-        if current or optimizer.built:
-            raise ValueError(
-                "CustomModel.compile cannot set `gradient_accumulation_steps` "
-                f"on an optimizer that is already built or accumulates "
-                f"({current}). Received: gradient_accumulation_steps={steps}"
-            )
-        optimizer.gradient_accumulation_steps = steps
-
-    def _clip_and_measure(self, gradients, variables):
-        """Global-norm clipping and gradient norms, as `compile` asked.
-
-        Returns the gradients to apply and the logs to add.
-        """
-        state = self._step_state
-        if not (
-            state.global_clipnorm
-            or state.log_grad_norm
-            or state.layer_grad_norms
-        ):
-            return gradients, {}
-        # The tape's loss was multiplied by this (mixed_float16), and each
-        # replica holds a partial gradient: norms are of the unscaled sum.
-        scale = self.optimizer.scale_loss(tf.constant(1.0))
-        squares = [
-            tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
-            for g in step_parts.all_reduced(list(gradients))
-        ]
-        norm = tf.sqrt(tf.add_n(squares)) / scale
-        logs = {}
-        if state.log_grad_norm:
-            logs["grad_norm"] = norm
-        if "grad_norm" in state.variables:
-            state.variables["grad_norm"].assign(norm)
-        if state.layer_grad_norms:
-            self._assign_layer_norms(squares, variables, scale)
-        if state.global_clipnorm:
-            clip = state.global_clipnorm
-            # Keras's formula: a no-op for a finite norm below `clip`, NaN
-            # (so the step is caught as non-finite) for a non-finite norm.
-            factor = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
-            gradients = [g * tf.cast(factor, g.dtype) for g in gradients]
-        return gradients, logs
-
-    def _assign_layer_norms(self, squares, variables, scale):
-        per_layer = {}
-        for square, variable in zip(squares, variables):
-            per_layer.setdefault(_layer_path(variable), []).append(square)
-        store = self._step_state.variables
-        for layer, layer_squares in per_layer.items():
-            name = f"grad_norm/{layer}"
-            if name not in store:
-                # `compile` creates these for a built model; a subclassed
-                # one gets them on the first trace, outside the graph.
-                with tf.init_scope():
-                    store[name] = self._state_variable(name, 0.0, tf.float32)
-            store[name].assign(tf.sqrt(tf.add_n(layer_squares)) / scale)
-
-    def _guarded_apply(self, loss, gradients, apply):
-        """`apply(gradients)` unless the step is non-finite; counts it.
-
-        Returns whether the step was finite, and the logs to add.
-        """
-        state = self._step_state
-        # A LossScaleOptimizer skips gradient overflow itself and lowers its
-        # scale; guarding it here would stop the scale from ever falling.
-        scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        finite = step_parts.is_finite(loss, () if scaled else gradients)
-        step_parts.apply_if(finite, apply, list(gradients))
-        bad = tf.cast(tf.logical_not(finite), tf.int64)
-        total = state.variables["non_finite_steps"]
-        run = state.variables["consecutive_non_finite"]
-        new_run = (run + bad) * bad
-        total.assign_add(bad)
-        run.assign(new_run)
-        limit = state.max_consecutive_non_finite
-        tf.debugging.assert_less(
-            new_run, tf.constant(limit, tf.int64), _non_finite_message(limit)
-        )
-        return finite, {"non_finite_steps": total.read_value()}
 
     def _metric_results(self):
         """`get_metrics_result()` without the metrics not yet built.
