@@ -7,6 +7,10 @@ anyway (a truncated file) is skipped with a warning in favour of the previous
 one.
 """
 
+import os
+import shutil
+import tempfile
+
 import tensorflow as tf
 from absl import logging
 
@@ -47,6 +51,23 @@ def manager(checkpoint, directory, max_to_keep):
     return tf.train.CheckpointManager(
         checkpoint, directory=directory, max_to_keep=max_to_keep
     )
+
+
+def save(checkpoint_manager, step, is_chief):
+    """Saves a checkpoint at `step`; a non-chief worker's copy is dropped.
+
+    Under `MultiWorkerMirroredStrategy` every worker must take part in a
+    save, but only the chief's copy is kept: the others write to a private
+    temporary directory, deleted at once.
+    """
+    if is_chief:
+        checkpoint_manager.save(checkpoint_number=step)
+        return
+    directory = tempfile.mkdtemp(prefix="worker-checkpoint-")
+    try:
+        checkpoint_manager.checkpoint.write(os.path.join(directory, "ckpt"))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def restore_latest(checkpoint, checkpoint_manager):

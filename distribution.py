@@ -4,8 +4,10 @@
 across its replicas, and Keras losses divide by the replica count.
 """
 
+import contextlib
 import json
 import os
+import re
 
 import tensorflow as tf
 
@@ -51,7 +53,9 @@ def create_strategy(name, collective_timeout_s):
         collective_timeout_s: How long a multi-worker collective waits for
             a lost worker before failing, instead of hanging forever.
     """
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical, not logical, devices: listing logical ones starts the
+    # runtime, after which multi-worker collectives can't be configured.
+    gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
         if _workers_in_tf_config() > 1:
             name = "multi_worker"
@@ -60,10 +64,12 @@ def create_strategy(name, collective_timeout_s):
         else:
             name = "one_device"
     if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(
             gpus[0].name if gpus else "/cpu:0"
         )
     if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
         devices = [
             d.name for d in gpus or tf.config.list_logical_devices("CPU")
         ]
@@ -111,19 +117,66 @@ def worker_info(strategy):
 
 
 def split_batch(strategy, batch):
-    """Splits this worker's batch into one slice per local replica.
+    """Gives each replica its contiguous slice of the global batch.
 
-    The trainer reads whole batches from a plain `tf.data` iterator, which
-    (unlike `experimental_distribute_dataset`'s) can be checkpointed, and
-    hands each replica its contiguous slice, as that function would.
+    Every worker reads the same global batches from a plain `tf.data`
+    iterator, which, unlike `experimental_distribute_dataset`'s, can be
+    checkpointed. So every worker's iterator is in the same state: the
+    chief's checkpoint resumes them all, and any replica count sees exactly
+    the batches of a single-device run. The price: each worker reads the
+    whole global batch and keeps only its slice.
     """
-    num_workers, _, _ = worker_info(strategy)
-    local = strategy.num_replicas_in_sync // num_workers
-    if strategy.num_replicas_in_sync == 1:
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
         return batch
 
     def replica_slice(context):
-        index = context.replica_id_in_sync_group % local
-        return tf.nest.map_structure(lambda t: tf.split(t, local)[index], batch)
+        index = context.replica_id_in_sync_group
+        return tf.nest.map_structure(
+            lambda t: tf.split(t, replicas)[index], batch
+        )
 
     return strategy.experimental_distribute_values_from_function(replica_slice)
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-worker collective failed: a peer died or stopped answering."""
+
+
+_COLLECTIVE_ERRORS = (
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.UnavailableError,
+)
+
+
+@contextlib.contextmanager
+def peers_watched(strategy):
+    """Turns a failed collective of a multi-worker run into `WorkerLostError`.
+
+    A peer that dies resets its connections, and one that hangs runs into
+    the collective timeout; either way the survivors stop with a message
+    naming the peer, instead of a traceback or a hang.
+    """
+    if worker_info(strategy)[0] == 1:
+        yield
+        return
+    try:
+        yield
+    except _COLLECTIVE_ERRORS as e:
+        resolver = strategy.cluster_resolver
+        me = f"/job:{resolver.task_type}/replica:0/task:{resolver.task_id}"
+        # TensorFlow names the failed peer as "reported from /job:x/task:n"
+        # when it knows it; otherwise take the tasks named, other than us.
+        named = re.findall(r"reported from (/job:\w+/task:\d+)", str(e))
+        if not named:
+            tasks = re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e))
+            named = [t for t in tasks if t != me]
+        who = ", ".join(sorted(set(named))) or "a peer worker"
+        summary = str(e).strip().splitlines()[0][:200]
+        raise WorkerLostError(
+            f"lost contact with {who} ({type(e).__name__}: {summary}). "
+            "Restart every worker with the same command to resume from the "
+            "last checkpoint."
+        ) from None

@@ -127,8 +127,6 @@ def create_datasets(
     seed,
     max_shift=0,
     overfit_batches=0,
-    num_shards=1,
-    shard_index=0,
 ):
     """Returns `(train, eval, info)`.
 
@@ -141,9 +139,6 @@ def create_datasets(
     With `overfit_batches=N > 0`, `train` cycles over the same first N
     batches (no shuffling, no augmentation) and `eval` is those N batches:
     a model that cannot drive that loss to ~0 has a bug.
-
-    `batch_size` is this worker's batch; `num_shards`/`shard_index` give
-    each of several workers its own part of the training split.
     """
     builder = _prepare(dataset, data_dir, download)
     pixel_max = PIXEL_MAX[dataset]
@@ -157,8 +152,7 @@ def create_datasets(
         )
         return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 
-    # Each worker of a multi-worker run trains on its own shard.
-    train = load("train").shard(num_shards, shard_index)
+    train = load("train")
     test = load("test")
     info = DatasetInfo(
         input_shape=tuple(builder.info.features["image"].shape),
@@ -190,5 +184,15 @@ def create_datasets(
     train = train.batch(batch_size, drop_remainder=True).prefetch(
         tf.data.AUTOTUNE
     )
-    test = test.cache().batch(eval_batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # Several workers split the test set by example: it is a single file.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    test = (
+        test.cache()
+        .batch(eval_batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+        .with_options(options)
+    )
     return train, test, info

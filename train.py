@@ -81,6 +81,7 @@ def main(argv):
         checkpointing.NoUsableCheckpointError,
         config_validation.ConfigError,
         distribution.DistributionError,
+        distribution.WorkerLostError,
         input_pipeline.DatasetUnavailableError,
         workdir.ConfigMismatchError,
         workdir.WorkdirInUseError,

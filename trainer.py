@@ -121,27 +121,31 @@ def train_and_evaluate(config, workdir, allow_config_change=False):
     """
     config_validation.validate(config)
     workdir = os.path.abspath(workdir)
-    if config.fast_dev_run:
-        # A smoke run writes nothing: no lock, config, checkpoint or export.
-        return _train(config, workdir, writes=False)
-    os.makedirs(workdir, exist_ok=True)
-    with workdir_guard.lock(workdir):
-        workdir_guard.check_and_save_config(
-            workdir, config.to_json(), allow_config_change
-        )
-        return _train(config, workdir, writes=True)
-
-
-def _train(config, workdir, writes):
+    # The strategy comes first: multi-worker set-up must precede other ops.
     distribution.split_cpu(config.cpu_devices)
     strategy = distribution.create_strategy(
         config.distribution, config.collective_timeout_s
     )
+    if config.fast_dev_run:
+        # A smoke run writes nothing: no lock, config, checkpoint or export.
+        return _train(config, workdir, strategy, writes=False)
+    _, worker_index, is_chief = distribution.worker_info(strategy)
+    os.makedirs(workdir, exist_ok=True)
+    # Each worker of a multi-worker run holds its own lock in the workdir.
+    lock_name = "lock" if is_chief else f"lock.worker-{worker_index}"
+    with workdir_guard.lock(workdir, lock_name):
+        workdir_guard.check_and_save_config(
+            workdir, config.to_json(), allow_config_change, write=is_chief
+        )
+        return _train(config, workdir, strategy, writes=True)
+
+
+def _train(config, workdir, strategy, writes):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
 
-    num_workers, worker_index, _ = distribution.worker_info(strategy)
+    _, worker_index, is_chief = distribution.worker_info(strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise config_validation.ConfigError(
             f"config.batch_size={config.batch_size} is invalid: expected a "
@@ -151,9 +155,7 @@ def _train(config, workdir, writes):
         dataset=config.dataset,
         data_dir=config.data_dir,
         download=config.download,
-        batch_size=config.batch_size // num_workers,
-        num_shards=num_workers,
-        shard_index=worker_index,
+        batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size,
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
@@ -178,26 +180,32 @@ def _train(config, workdir, writes):
         )
         # Slots must exist before a restore, or they are not restored.
         optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        initial_best = -math.inf if config.best_mode == "max" else math.inf
-        best = tf.Variable(initial_best, dtype=tf.float64, trainable=False)
+    # Outside the strategy's scope: plain variables, the same on every
+    # worker, that Python can read.
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    initial_best = -math.inf if config.best_mode == "max" else math.inf
+    best = tf.Variable(initial_best, dtype=tf.float64, trainable=False)
     # A plain iterator, not a distributed one: only plain ones checkpoint.
     iterator = iter(train_data)
     eval_data = strategy.experimental_distribute_dataset(eval_data)
 
     checkpoint = checkpointing.state(model, optimizer, step, iterator, best)
     manager = best_manager = None
+    # Every worker saves (saving runs collectives), but only the chief's
+    # checkpoint is kept; all workers resume from it, as their iterators
+    # are in the same state.
     if writes:
         manager = checkpointing.manager(
             checkpoint,
             os.path.join(workdir, "checkpoints"),
             config.max_checkpoints_to_keep,
         )
-        best_manager = checkpointing.manager(
-            tf.train.Checkpoint(model=model),
-            os.path.join(workdir, "best_checkpoint"),
-            max_to_keep=1,
-        )
+        if is_chief:
+            best_manager = checkpointing.manager(
+                tf.train.Checkpoint(model=model),
+                os.path.join(workdir, "best_checkpoint"),
+                max_to_keep=1,
+            )
         restored = checkpointing.restore_latest(checkpoint, manager)
         if restored:
             print(f"Resuming from {restored} at step {int(step)}.")
@@ -232,13 +240,15 @@ def _train(config, workdir, writes):
         return _metric_values(model, prefix="eval_")
 
     def save():
-        if writes and manager.latest_checkpoint != _path(manager, int(step)):
-            manager.save(checkpoint_number=int(step))
-        return _path(manager, int(step)) if writes else None
+        if not writes:
+            return None
+        if manager.latest_checkpoint != _path(manager, int(step)):
+            checkpointing.save(manager, int(step), is_chief)
+        return _path(manager, int(step))
 
-    writer = summaries.Writer(workdir) if writes else None
+    writer = summaries.Writer(workdir) if writes and is_chief else None
     train_logs, eval_logs = {}, {}
-    with _catch_preemption() as signals:
+    with distribution.peers_watched(strategy), _catch_preemption() as signals:
         while int(step) < total_steps:
             epoch, done_in_epoch = divmod(int(step), steps_per_epoch)
             if done_in_epoch == 0:
@@ -284,22 +294,25 @@ def _train(config, workdir, writes):
                         )
                     )
                     value = eval_logs[config.best_metric]
-                    if writes and _is_better(
-                        value, float(best), config.best_mode
-                    ):
+                    if _is_better(value, float(best), config.best_mode):
                         best.assign(value)
-                        best_manager.save(checkpoint_number=int(step))
-                if writes:
+                        if best_manager:
+                            best_manager.save(checkpoint_number=int(step))
+                if writer:
                     writer.write(int(step), scalars)
-                    if int(step) % every == 0:
-                        save()
+                if int(step) % every == 0:
+                    save()
                 if signals:
                     raise Preempted(signals[0], int(step), save())
-
-    if not eval_logs or int(step) % steps_per_epoch:
-        eval_logs = evaluate()
-    if writes:
+        if not eval_logs or int(step) % steps_per_epoch:
+            eval_logs = evaluate()
         save()
+    if writes and not is_chief:
+        # Each worker's final weights, to check that all workers agree.
+        worker_dir = os.path.join(workdir, f"worker-{worker_index}")
+        os.makedirs(worker_dir, exist_ok=True)
+        model.save(os.path.join(worker_dir, "model.keras"))
+    if writer:
         writer.close()
         _export(model, workdir, "")
         summaries.plot_curves(workdir)

@@ -16,7 +16,7 @@ class ConfigMismatchError(RuntimeError):
     """The config differs from the one the workdir's run was started with."""
 
 
-def lock(workdir):
+def lock(workdir, name="lock"):
     """Takes the workdir's lock; returns the open lock file (keep it open).
 
     `flock` locks die with their process, so a run killed with SIGKILL
@@ -25,7 +25,7 @@ def lock(workdir):
     Raises:
         WorkdirInUseError: another process holds the lock.
     """
-    path = os.path.join(workdir, "lock")
+    path = os.path.join(workdir, name)
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -63,7 +63,7 @@ def config_differences(saved, current):
     ]
 
 
-def check_and_save_config(workdir, config_json, allow_change):
+def check_and_save_config(workdir, config_json, allow_change, write=True):
     """Refuses to resume a run under a different config; saves the config.
 
     Args:
@@ -71,6 +71,8 @@ def check_and_save_config(workdir, config_json, allow_change):
         config_json: The resolved config as a JSON string.
         allow_change: Resume even if fields other than the run length
             differ (the new config is then saved).
+        write: Save the config (False for the non-chief workers of a
+            multi-worker run, which only check it).
 
     Raises:
         ConfigMismatchError: fields differ and `allow_change` is False.
@@ -87,6 +89,8 @@ def check_and_save_config(workdir, config_json, allow_change):
                 f"config ({'; '.join(differences)}); use a new --workdir, or "
                 "pass --allow_config_change to resume with the new config."
             )
+    if not write:
+        return
     temporary = path + ".tmp"
     with open(temporary, "w") as f:
         json.dump(current, f, indent=2, sort_keys=True)
