@@ -24,13 +24,14 @@ def _tf_variables(variables):
     return [v.value for v in variables]
 
 
-def state(model, optimizer, step, iterator, best):
+def state(model, optimizer, step, iterator, best, guard):
     """Returns the `tf.train.Checkpoint` of a run.
 
     It holds the model's weights, the optimizer (slots, iteration count,
     learning rate), the step counter, the data iterator's position, every
     random-number state of the model (dropout's `SeedGenerator`s) and the
-    metric accumulators, and the best evaluation so far, so a resumed run
+    metric accumulators, the best evaluation so far and the non-finite
+    guard's counters (`guard`, empty when it is off), so a resumed run
     continues exactly.
     """
     weight_ids = {id(w) for w in model.weights}
@@ -44,6 +45,7 @@ def state(model, optimizer, step, iterator, best):
         rng=_tf_variables(rng),
         metrics=_tf_variables(metric_vars),
         best=best,
+        guard=list(guard),
     )
 
 

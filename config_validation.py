@@ -65,9 +65,10 @@ def validate(config):
         _fail("download", config.download, "expected True or False")
 
     _choice(config, "model.name", models.ARCHITECTURES)
-    units = config.model.hidden_units
-    if not all(isinstance(u, int) and u >= 1 for u in units):
-        _fail("model.hidden_units", units, "expected positive integers")
+    for field in ("hidden_units", "filters"):
+        values = config.model.get(field, ())  # `filters`: CNNs only
+        if not all(isinstance(v, int) and v >= 1 for v in values):
+            _fail(f"model.{field}", values, "expected positive integers")
     _float(config, "model.dropout", 0.0, strict=False, maximum=1.0)
 
     _choice(config, "optimizer", optimizers.OPTIMIZERS)
@@ -85,7 +86,22 @@ def validate(config):
     ):
         _fail("boundaries", boundaries, "expected increasing positive steps")
 
+    _choice(
+        config,
+        "mixed_precision",
+        ("float32", "mixed_float16", "mixed_bfloat16"),
+    )
+    _float(config, "global_clipnorm", 0.0, strict=False)
+    _int(config, "gradient_accumulation_steps", 1)
+    _int(config, "max_consecutive_non_finite", 0)
+    for field in ("log_grad_norm", "layer_grad_norms"):
+        if not isinstance(config[field], bool):
+            _fail(field, config[field], "expected True or False")
+    _choice(config, "missing_gradients", ("raise", "warn"))
+
     _int(config, "steps_per_loop", 1)
+    if not isinstance(config.jit_compile, bool):
+        _fail("jit_compile", config.jit_compile, "expected True or False")
     _int(config, "eval_every_epochs", 1)
     _choice(config, "best_mode", ("max", "min"))
     if not config.best_metric.startswith("eval_"):

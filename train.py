@@ -75,8 +75,13 @@ def main(argv):
             config, FLAGS.workdir, FLAGS.allow_config_change
         )
     except trainer.Preempted as e:
+        print(flush=True)  # End the progress bar's line.
         print(str(e), file=sys.stderr)
         sys.exit(128 + e.signum)  # The shell's convention for a signal.
+    except trainer.TrainingDivergedError as e:
+        print(flush=True)  # End the progress bar's line.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except (
         checkpointing.NoUsableCheckpointError,
         config_validation.ConfigError,

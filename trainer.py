@@ -9,6 +9,7 @@ checkpoint the data iterator (for exact resume) and run under
 import contextlib
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -24,6 +25,10 @@ import models
 import optimizers
 import summaries
 import workdir as workdir_guard
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive steps had a NaN or Inf loss or gradients."""
 
 
 class Preempted(Exception):
@@ -71,9 +76,17 @@ def _metric_values(model, prefix=""):
 def _create_model(model_config, info):
     architecture = models.ARCHITECTURES[model_config.name]
     kwargs = {k: v for k, v in model_config.items() if k != "name"}
-    return architecture(
-        input_shape=info.input_shape, num_classes=info.num_classes, **kwargs
-    )
+    try:
+        return architecture(
+            input_shape=info.input_shape, num_classes=info.num_classes, **kwargs
+        )
+    except (TypeError, ValueError) as e:
+        # Only the model knows what fits the data (e.g. how many pooling
+        # blocks an 8x8 image allows); say it as a config error.
+        message = " ".join(str(e).split())
+        raise config_validation.ConfigError(
+            f"config.model does not fit {info.input_shape} inputs: {message}"
+        ) from None
 
 
 def _create_optimizer(config, total_steps):
@@ -92,6 +105,43 @@ def _create_optimizer(config, total_steps):
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
+
+
+def make_train_steps(model, strategy, step, jit_compile):
+    """Returns `train_steps(iterator, num_steps)`, a `tf.function`.
+
+    One call runs `num_steps` steps of `model.train_step` (each replica on
+    its slice of the global batch), adds them to `step`, and returns the
+    last step's logs (first replica's values). Many steps per call, as
+    Keras's `steps_per_execution`, save a Python round trip per step.
+    `jit_compile` compiles the step (not the loop: the iterator cannot be)
+    with XLA.
+    """
+    step_fn = (
+        tf.function(model.train_step, jit_compile=True)
+        if jit_compile
+        else model.train_step
+    )
+
+    def first_replica(logs):
+        return tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0], logs
+        )
+
+    def one_step(iterator):
+        batch = distribution.split_batch(strategy, next(iterator))
+        return strategy.run(step_fn, args=(batch,))
+
+    @tf.function
+    def train_steps(iterator, num_steps):
+        # The first step outside the loop gives `logs` its structure.
+        logs = one_step(iterator)
+        for _ in tf.range(num_steps - 1):
+            logs = one_step(iterator)
+        step.assign_add(num_steps)
+        return first_replica(logs)
+
+    return train_steps
 
 
 def _is_better(value, best, mode):
@@ -170,14 +220,31 @@ def _train(config, workdir, strategy, writes):
         total_steps = config.num_epochs * steps_per_epoch
     num_epochs = total_steps // steps_per_epoch
 
+    # Global Keras state: set every run, so one run's policy never leaks
+    # into the next run in the same process.
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
     with strategy.scope():
         model = _create_model(config.model, info)
-        optimizer = _create_optimizer(config, total_steps)
+        # With accumulation the optimizer updates once per k steps.
+        updates = total_steps // config.gradient_accumulation_steps
+        optimizer = _create_optimizer(config, updates)
         model.compile(
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            global_clipnorm=config.global_clipnorm or None,
+            gradient_accumulation_steps=(
+                config.gradient_accumulation_steps
+                if config.gradient_accumulation_steps > 1
+                else None
+            ),
+            max_consecutive_non_finite=config.max_consecutive_non_finite
+            or None,
+            log_grad_norm=config.log_grad_norm,
+            layer_grad_norms=config.layer_grad_norms,
+            missing_gradients=config.missing_gradients,
         )
+        optimizer = model.optimizer  # LossScaleOptimizer under mixed_float16
         # Slots must exist before a restore, or they are not restored.
         optimizer.build(model.trainable_variables)
     # Outside the strategy's scope: plain variables, the same on every
@@ -189,7 +256,14 @@ def _train(config, workdir, strategy, writes):
     iterator = iter(train_data)
     eval_data = strategy.experimental_distribute_dataset(eval_data)
 
-    checkpoint = checkpointing.state(model, optimizer, step, iterator, best)
+    guard = [
+        v
+        for name, v in model.step_state.items()
+        if name in ("non_finite_steps", "consecutive_non_finite")
+    ]
+    checkpoint = checkpointing.state(
+        model, optimizer, step, iterator, best, guard
+    )
     manager = best_manager = None
     # Every worker saves (saving runs collectives), but only the chief's
     # checkpoint is kept; all workers resume from it, as their iterators
@@ -210,23 +284,7 @@ def _train(config, workdir, strategy, writes):
         if restored:
             print(f"Resuming from {restored} at step {int(step)}.")
 
-    def first_replica(logs):
-        return tf.nest.map_structure(
-            lambda v: strategy.experimental_local_results(v)[0], logs
-        )
-
-    def one_step(iterator):
-        batch = distribution.split_batch(strategy, next(iterator))
-        return strategy.run(model.train_step, args=(batch,))
-
-    @tf.function
-    def train_steps(iterator, num_steps):
-        # The first step outside the loop gives `logs` its structure.
-        logs = one_step(iterator)
-        for _ in tf.range(num_steps - 1):
-            logs = one_step(iterator)
-        step.assign_add(num_steps)
-        return first_replica(logs)
+    train_steps = make_train_steps(model, strategy, step, config.jit_compile)
 
     @tf.function
     def evaluate_all(dataset):
@@ -270,7 +328,22 @@ def _train(config, workdir, strategy, writes):
                     next_checkpoint - current,
                 )
                 start = time.perf_counter()
-                logs = train_steps(iterator, tf.constant(num_steps, tf.int64))
+                try:
+                    logs = train_steps(
+                        iterator, tf.constant(num_steps, tf.int64)
+                    )
+                    model.check_non_finite()  # The step's own check skips XLA.
+                except (
+                    tf.errors.InvalidArgumentError,
+                    FloatingPointError,
+                ) as e:
+                    if "consecutive training steps" not in str(e):
+                        raise
+                    # The assert's message, without TensorFlow's wrapping.
+                    found = re.search(
+                        r"\d+ consecutive training steps[^]]*", str(e)
+                    )
+                    raise TrainingDivergedError(found.group(0)) from None
                 seconds = time.perf_counter() - start
                 train_logs = {k: float(v) for k, v in logs.items()}
                 train_logs.update(_metric_values(model))
@@ -280,6 +353,9 @@ def _train(config, workdir, strategy, writes):
                     list(train_logs.items()),
                 )
                 scalars = dict(train_logs)
+                scalars.update(
+                    (name, float(v)) for name, v in model.step_state.items()
+                )
                 scalars["learning_rate"] = float(optimizer.learning_rate)
                 at_epoch_end = int(step) == epoch_end
                 if at_epoch_end and (

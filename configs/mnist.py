@@ -31,6 +31,10 @@ def get_config():
     # Accuracy not yet measured: the development machine has no network.
     config.num_epochs = 10
 
+    # training step
+    # Skip NaN/Inf steps, stop after 10 in a row (~2% of a step at this size).
+    config.max_consecutive_non_finite = 10
+
     # training loop
     config.steps_per_loop = 100
     config.eval_every_epochs = 1
