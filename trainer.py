@@ -354,7 +354,8 @@ def _train(config, workdir, strategy, writes):
                 )
                 scalars = dict(train_logs)
                 scalars.update(
-                    (name, float(v)) for name, v in model.step_state.items()
+                    (name, float(v.read_value()))
+                    for name, v in model.step_state.items()
                 )
                 scalars["learning_rate"] = float(optimizer.learning_rate)
                 at_epoch_end = int(step) == epoch_end

@@ -240,5 +240,9 @@ class StepState:
     def check_non_finite(self):
         """Raises `FloatingPointError` once the limit is reached."""
         limit = self.max_consecutive_non_finite
-        if limit and int(self.variables["consecutive_non_finite"]) >= limit:
+        if (
+            limit
+            and int(self.variables["consecutive_non_finite"].read_value())
+            >= limit
+        ):
             raise FloatingPointError(non_finite_message(limit))
