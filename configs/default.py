@@ -66,6 +66,8 @@ def get_config():
     # training loop
     config.seed = 0
     # Bitwise-reproducible ops, so a resumed run equals an uninterrupted one.
+    # It is process-wide and permanent (TensorFlow has no public way back),
+    # and Keras then declines jit_compile in `fit`.
     config.deterministic = True
     # Train steps run inside one tf.function call: fewer Python round trips.
     config.steps_per_loop = 50

@@ -98,7 +98,7 @@ def test_mirrored_equals_single_device(tmp_path):
 def test_two_workers_train_the_default_config(tmp_path):
     """The multi-worker path (which `model.fit` cannot take in Keras 3)
     only shows itself in real processes talking over loopback."""
-    workers = _start_workers(tmp_path / "cluster")
+    outputs = _finish(_start_workers(tmp_path / "cluster"))
     # The reference is one process splitting each global batch in two, as
     # the two workers do. Against an unsplit batch, rounding differs at
     # ~1e-7 per step, which 4,600 Adam steps amplify to ~0.1 (measured);
@@ -108,7 +108,6 @@ def test_two_workers_train_the_default_config(tmp_path):
         "--config.distribution=mirrored",
         "--config.cpu_devices=2",
     )
-    outputs = _finish(workers)
     assert single.returncode == 0, single.stderr[-3000:]
     for stdout in outputs:
         assert "Done: step=4600" in stdout

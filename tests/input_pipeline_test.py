@@ -92,6 +92,7 @@ def test_catalog_configs_train_on_mock_data(
     config = config_module.get_config()
     config.data_dir = str(tmp_path / "data")
     config.fast_dev_run = 3
+    config.deterministic = False  # process-wide: keep it out of other tests
     config.eval_batch_size = 8
     config.model.hidden_units = (16,)
     # mock_data replaces the download, but not our reachability check.
