@@ -113,4 +113,4 @@ def validate(config):
 
     _choice(config, "distribution", distribution.STRATEGIES)
     _int(config, "cpu_devices", 0)
-    _int(config, "collective_timeout_s", 1)
+    _int(config, "collective_timeout_s", 0)

@@ -50,8 +50,9 @@ def create_strategy(name, collective_timeout_s):
     Args:
         name: `auto` picks `multi_worker` when TF_CONFIG names several
             workers, else `mirrored` over several GPUs, else one device.
-        collective_timeout_s: How long a multi-worker collective waits for
-            a lost worker before failing, instead of hanging forever.
+        collective_timeout_s: If > 0, how long each multi-worker collective
+            may wait before failing. 0 leaves lost peers to TensorFlow's
+            health checks, which catch dead and frozen workers alike.
     """
     # Physical, not logical, devices: listing logical ones starts the
     # runtime, after which multi-worker collectives can't be configured.
@@ -81,7 +82,7 @@ def create_strategy(name, collective_timeout_s):
                 "environment variable (see README, 'Several machines')."
             )
         options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=collective_timeout_s
+            timeout_seconds=collective_timeout_s or None
         )
         return tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=options

@@ -132,7 +132,6 @@ def test_lost_worker_stops_the_survivor_and_the_rerun_resumes(tmp_path):
     overrides = [
         "--config.num_epochs=60",
         "--config.checkpoint_every_steps=100",
-        "--config.collective_timeout_s=20",
     ]
     survivor, victim = _start_workers(tmp_path, *overrides)
     deadline = time.time() + 180
