@@ -108,7 +108,8 @@ def validate(config):
         _fail("best_metric", config.best_metric, "expected an eval_ metric")
     _int(config, "fast_dev_run", 0)
     _int(config, "overfit_batches", 0)
-    _int(config, "checkpoint_every_steps", 1)
+    _int(config, "checkpoint_every_steps", 0)
+    _int(config, "checkpoint_every_secs", 0)
     _int(config, "max_checkpoints_to_keep", 1)
 
     _choice(config, "distribution", distribution.STRATEGIES)

@@ -280,9 +280,13 @@ def _train(config, workdir, strategy, writes):
                 os.path.join(workdir, "best_checkpoint"),
                 max_to_keep=1,
             )
+        start = time.perf_counter()
         restored = checkpointing.restore_latest(checkpoint, manager)
         if restored:
-            print(f"Resuming from {restored} at step {int(step)}.")
+            print(
+                f"Resuming from {restored} at step {int(step)}. "
+                f"(restored in {time.perf_counter() - start:.2f} s)"
+            )
 
     train_steps = make_train_steps(model, strategy, step, config.jit_compile)
 
@@ -297,14 +301,22 @@ def _train(config, workdir, strategy, writes):
         evaluate_all(eval_data)
         return _metric_values(model, prefix="eval_")
 
+    # Workers would disagree on elapsed time, and every worker must take
+    # part in each save: multi-worker runs keep to the step cadence.
+    num_workers = distribution.worker_info(strategy)[0]
+    secs = config.checkpoint_every_secs if num_workers == 1 else 0
+    last_save = [time.perf_counter()]
+
     def save():
         if not writes:
             return None
         if manager.latest_checkpoint != _path(manager, int(step)):
             checkpointing.save(manager, int(step), is_chief)
+        last_save[0] = time.perf_counter()
         return _path(manager, int(step))
 
     writer = summaries.Writer(workdir) if writes and is_chief else None
+    loop_start = time.perf_counter()
     train_logs, eval_logs = {}, {}
     with distribution.peers_watched(strategy), _catch_preemption() as signals:
         while int(step) < total_steps:
@@ -320,7 +332,8 @@ def _train(config, workdir, strategy, writes):
             epoch_end = (epoch + 1) * steps_per_epoch
             while int(step) < epoch_end:
                 current = int(step)
-                every = config.checkpoint_every_steps
+                # 0 turns the step cadence off.
+                every = config.checkpoint_every_steps or total_steps
                 next_checkpoint = (current // every + 1) * every
                 num_steps = min(
                     config.steps_per_loop,
@@ -358,6 +371,9 @@ def _train(config, workdir, strategy, writes):
                     for name, v in model.step_state.items()
                 )
                 scalars["learning_rate"] = float(optimizer.learning_rate)
+                # Seconds of this process's loop, evaluation and saving
+                # included; a resumed run starts again from 0.
+                scalars["elapsed_s"] = time.perf_counter() - loop_start
                 at_epoch_end = int(step) == epoch_end
                 if at_epoch_end and (
                     (epoch + 1) % config.eval_every_epochs == 0
@@ -377,7 +393,9 @@ def _train(config, workdir, strategy, writes):
                             best_manager.save(checkpoint_number=int(step))
                 if writer:
                     writer.write(int(step), scalars)
-                if int(step) % every == 0:
+                if int(step) % every == 0 or (
+                    secs and time.perf_counter() - last_save[0] >= secs
+                ):
                     save()
                 if signals:
                     raise Preempted(signals[0], int(step), save())

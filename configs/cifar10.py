@@ -39,7 +39,4 @@ def get_config():
     config.steps_per_loop = 100
     config.eval_every_epochs = 1
 
-    # checkpointing
-    config.checkpoint_every_steps = 2_000
-
     return config

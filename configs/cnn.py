@@ -38,6 +38,5 @@ def get_config():
     # 40 epochs (1,840 steps) take 10-15 s here, TensorFlow's start included.
     config.num_epochs = 40
     config.eval_every_epochs = 5
-    config.checkpoint_every_steps = 460  # every 10 epochs of 46 steps
 
     return config

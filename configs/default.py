@@ -96,7 +96,11 @@ def get_config():
     config.collective_timeout_s = 0
 
     # checkpointing
-    config.checkpoint_every_steps = 900  # every 20 epochs here
+    # Save every 10 minutes of training and every N steps (0: off). A save
+    # takes ~0.1 s here: by time, the cost stays under 0.1% of any run and a
+    # kill loses at most 10 minutes. This ~4 s run then saves only at its end.
+    config.checkpoint_every_secs = 600
+    config.checkpoint_every_steps = 0
     config.max_checkpoints_to_keep = 3
 
     return config

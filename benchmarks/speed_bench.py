@@ -1,0 +1,364 @@
+"""Speed of the trainer against Keras's own path and the CPU's limit.
+
+  python benchmarks/speed_bench.py            # prints a table, then JSON
+
+Every comparison is a median over interleaved rounds (A, B, A, B, ...) in
+one process, reported as a ratio, because the machines this runs on are
+shared and noisy: a ratio measured side by side holds where absolute times
+drift.
+"""
+
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+# Keras 3 picks its backend at import time; this project is TensorFlow's.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import input_pipeline  # noqa: E402
+import models  # noqa: E402
+import trainer  # noqa: E402
+from configs import default  # noqa: E402
+
+ROUNDS = 7
+
+
+def _median_ratio(pairs):
+    return statistics.median(a / b for a, b in pairs)
+
+
+def matmul_gflops(n=2048, calls=20):
+    """GFLOP/s of an n x n fp32 matmul: the CPU's practical peak."""
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    matmul = tf.function(lambda a, b: tf.matmul(a, b))
+    matmul(a, b).numpy()
+    times = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(calls):
+            c = matmul(a, b)
+        c.numpy()
+        times.append((time.perf_counter() - start) / calls)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _compile(model):
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        **(
+            {"log_grad_norm": True}
+            if isinstance(model, models.CustomModel)
+            else {}
+        ),
+    )
+    return model
+
+
+def _data(input_shape, batch):
+    x = tf.random.uniform((batch, *input_shape))
+    y = tf.random.uniform((batch,), maxval=10, dtype=tf.int64)
+    return tf.data.Dataset.from_tensors((x, y)).repeat()
+
+
+class _StepTimer(keras.callbacks.Callback):
+    """Seconds per step of `fit`, from batch `skip` on (past tracing)."""
+
+    def __init__(self, skip):
+        super().__init__()
+        self.skip, self.marks = skip, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch >= self.skip:
+            self.marks.append(time.perf_counter())
+
+    def seconds_per_step(self):
+        return (self.marks[-1] - self.marks[0]) / (len(self.marks) - 1)
+
+
+def _ours(model_fn, input_shape, batch, steps, jit_compile=False):
+    model = _compile(model_fn())
+    step = tf.Variable(0, dtype=tf.int64)
+    train_steps = trainer.make_train_steps(
+        model, tf.distribute.get_strategy(), step, jit_compile
+    )
+    iterator = iter(_data(input_shape, batch))
+    train_steps(iterator, tf.constant(steps, tf.int64))  # trace
+
+    def run():
+        start = time.perf_counter()
+        train_steps(iterator, tf.constant(steps, tf.int64))
+        float(model.metrics[0].result())
+        return (time.perf_counter() - start) / steps
+
+    return run
+
+
+def _keras_fit(model_fn, input_shape, batch, steps):
+    model = _compile(model_fn())
+    data = _data(input_shape, batch)
+
+    def run():
+        timer = _StepTimer(skip=5)
+        model.fit(
+            data,
+            steps_per_epoch=steps + 5,
+            epochs=1,
+            verbose=0,
+            callbacks=[timer],
+        )
+        return timer.seconds_per_step()
+
+    return run
+
+
+def _keras_mlp(input_shape, hidden, num_classes=10):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    for units in hidden:
+        x = keras.layers.Dense(units, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+def _keras_cnn(input_shape, filters=(32, 64), hidden=(128,)):
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for channels in filters:
+        x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu")(
+            x
+        )
+        x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    for units in hidden:
+        x = keras.layers.Dense(units, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def _interleave(runs):
+    times = {name: [] for name in runs}
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            times[name].append(run())
+    return times
+
+
+def bench_steps():
+    """Trainer + CustomModel + mylayers vs plain Keras layers + fit."""
+    results = {}
+    shapes = {
+        "mlp_784-1024-1024-10_b512": (
+            (784,),
+            512,
+            20,
+            lambda: models.MLPClassifier((784,), 10, hidden_units=(1024, 1024)),
+            lambda: _keras_mlp((784,), (1024, 1024)),
+        ),
+        "mlp_digits_64-256-256-10_b32": (
+            (8, 8, 1),
+            32,
+            400,
+            lambda: models.MLPClassifier((8, 8, 1), 10),
+            lambda: _keras_mlp((8, 8, 1), (256, 256)),
+        ),
+        "cnn_digits_b32": (
+            (8, 8, 1),
+            32,
+            200,
+            lambda: models.CNNClassifier((8, 8, 1), 10),
+            lambda: _keras_cnn((8, 8, 1)),
+        ),
+    }
+    for name, (shape, batch, steps, ours_fn, theirs_fn) in shapes.items():
+        keras.utils.set_random_seed(0)
+        times = _interleave(
+            {
+                "ours": _ours(ours_fn, shape, batch, steps),
+                "ours_xla": _ours(
+                    ours_fn, shape, batch, steps, jit_compile=True
+                ),
+                "keras_fit": _keras_fit(theirs_fn, shape, batch, steps),
+            }
+        )
+        results[name] = {
+            "ours_ms": 1e3 * statistics.median(times["ours"]),
+            "ours_xla_ms": 1e3 * statistics.median(times["ours_xla"]),
+            "keras_fit_ms": 1e3 * statistics.median(times["keras_fit"]),
+            "ours_over_keras_fit": _median_ratio(
+                zip(times["ours"], times["keras_fit"])
+            ),
+            "xla_over_no_xla": _median_ratio(
+                zip(times["ours_xla"], times["ours"])
+            ),
+        }
+    return results
+
+
+def bench_pipeline(step_ms):
+    """Digits batches per second from the input pipeline alone.
+
+    Drained inside a `tf.function`, as the trainer's loop consumes it, so
+    Python's per-batch cost is not counted.
+    """
+
+    @tf.function
+    def drain(iterator, count):
+        total = tf.constant(0.0)
+        for _ in tf.range(count):
+            images, _ = next(iterator)
+            total += images[0, 0, 0, 0]
+        return total
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        train, _, _ = input_pipeline.create_datasets(
+            "digits", data_dir, False, 32, 512, 10_000, 0, max_shift=1
+        )
+        iterator = iter(train)
+        drain(iterator, tf.constant(200))
+        batches, rates = 5000, []
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            drain(iterator, tf.constant(batches)).numpy()
+            rates.append(batches / (time.perf_counter() - start))
+    per_second = statistics.median(rates)
+    consumed = 1e3 / step_ms
+    return {
+        "pipeline_batches_per_s": per_second,
+        "train_steps_per_s": consumed,
+        "pipeline_over_consumption": per_second / consumed,
+    }
+
+
+def _train(workdir, allow_config_change=False, **overrides):
+    config = default.get_config()
+    config.update(overrides)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the progress bars
+        trainer.train_and_evaluate(config, workdir, allow_config_change)
+    return time.perf_counter() - start
+
+
+def bench_default_run():
+    """Time to 98% test accuracy, checkpoint overhead and resume cost."""
+    results = {}
+    with tempfile.TemporaryDirectory() as root:
+        # Time to 98%: evaluate every epoch, read the loop's clock.
+        _train(os.path.join(root, "curve"), eval_every_epochs=1)
+        with open(os.path.join(root, "curve", "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        reached = [r for r in records if r.get("eval_accuracy", 0) >= 0.98]
+        results["seconds_to_98pct"] = (
+            reached[0]["elapsed_s"] if reached else None
+        )
+        results["final_eval_accuracy"] = records[-1]["eval_accuracy"]
+
+        # Checkpoint overhead against only the final save: the default
+        # cadence (every 600 s: none in a ~4 s run) and, for scale, a save
+        # every 10 epochs (460 steps).
+        none = {"checkpoint_every_secs": 0, "checkpoint_every_steps": 0}
+        every_460 = {"checkpoint_every_secs": 0, "checkpoint_every_steps": 460}
+        runs = {"default": {}, "every_460": every_460, "none": none}
+        seconds = {name: [] for name in runs}
+        for i in range(3):
+            for name, overrides in runs.items():
+                workdir = os.path.join(root, f"{name}{i}")
+                seconds[name].append(_train(workdir, **overrides))
+        for name in ("default", "every_460"):
+            pairs = zip(seconds[name], seconds["none"])
+            results[f"checkpoint_overhead_{name}"] = _median_ratio(pairs) - 1
+        results["run_seconds"] = statistics.median(seconds["default"])
+
+        # Resume: the finished run one epoch longer, against a fresh
+        # one-epoch run. Both build, trace, train one epoch and export; the
+        # difference is what resuming costs.
+        pairs = []
+        for i in range(3):
+            resumed = _train(
+                os.path.join(root, f"default{i}"), True, num_epochs=101
+            )
+            fresh = _train(os.path.join(root, f"f{i}"), num_epochs=1)
+            pairs.append((resumed, fresh))
+        results["resume_extra_seconds"] = statistics.median(
+            r - f for r, f in pairs
+        )
+    return results
+
+
+def _mlp_gflops(step_ms):
+    # Forward 2*B*P, weight gradients 2*B*P, and input gradients for the
+    # second and third layers only (the data needs none).
+    params = 784 * 1024 + 1024 * 1024 + 1024 * 10
+    flops = 2 * 512 * (2 * params + params - 784 * 1024)
+    return flops / (step_ms / 1e3) / 1e9
+
+
+def _print_table(results):
+    print(f"machine: {results['machine']}")
+    print(f"matmul 2048^2 fp32: {results['matmul_2048_gflops']:.0f} GFLOP/s")
+    print(
+        f"{'model':30} {'ours ms':>8} {'XLA ms':>8} {'fit ms':>8} "
+        f"{'ours/fit':>8} {'XLA/ours':>8}"
+    )
+    for name, r in results["steps"].items():
+        print(
+            f"{name:30} {r['ours_ms']:8.3f} {r['ours_xla_ms']:8.3f} "
+            f"{r['keras_fit_ms']:8.3f} {r['ours_over_keras_fit']:8.3f} "
+            f"{r['xla_over_no_xla']:8.3f}"
+        )
+    print(
+        f"MLP step: {results['mlp_gflops']:.0f} GFLOP/s, "
+        f"{100 * results['mlp_fraction_of_matmul']:.0f}% of the matmul's "
+        f"(XLA: {100 * results['mlp_xla_fraction_of_matmul']:.0f}%)"
+    )
+    p = results["pipeline"]
+    print(
+        f"input pipeline: {p['pipeline_batches_per_s']:.0f} batches/s, "
+        f"{p['pipeline_over_consumption']:.1f}x what the digits step uses"
+    )
+    d = results["default_run"]
+    print(
+        f"default digits run: 98% test accuracy after "
+        f"{d['seconds_to_98pct']:.1f} s of training; checkpoint overhead "
+        f"{100 * d['checkpoint_overhead_default']:.1f}% at the default "
+        f"cadence, {100 * d['checkpoint_overhead_every_460']:.1f}% saving "
+        f"every 460 steps, of a {d['run_seconds']:.1f} s run; resuming costs "
+        f"{d['resume_extra_seconds']:.2f} s"
+    )
+
+
+def main():
+    results = {
+        "machine": f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__},"
+        f" Keras {keras.__version__}, TF_ENABLE_ONEDNN_OPTS="
+        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}",
+        "matmul_2048_gflops": matmul_gflops(),
+        "steps": bench_steps(),
+    }
+    mlp = results["steps"]["mlp_784-1024-1024-10_b512"]
+    results["mlp_gflops"] = _mlp_gflops(mlp["ours_ms"])
+    peak = results["matmul_2048_gflops"]
+    results["mlp_fraction_of_matmul"] = results["mlp_gflops"] / peak
+    results["mlp_xla_fraction_of_matmul"] = (
+        _mlp_gflops(mlp["ours_xla_ms"]) / peak
+    )
+    if "--steps-only" not in sys.argv:  # run_all.py's oneDNN comparison
+        digits = results["steps"]["mlp_digits_64-256-256-10_b32"]
+        results["pipeline"] = bench_pipeline(digits["ours_ms"])
+        results["default_run"] = bench_default_run()
+        _print_table(results)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
