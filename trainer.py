@@ -307,11 +307,17 @@ def _train(config, workdir, strategy, writes):
     secs = config.checkpoint_every_secs if num_workers == 1 else 0
     last_save = [time.perf_counter()]
 
+    # The step of the newest checkpoint, kept here rather than read from
+    # the manager: a non-chief worker's manager never records its saves, and
+    # all workers must agree on whether to save (each save runs collectives).
+    saved_step = [int(step) if writes and manager.latest_checkpoint else None]
+
     def save():
         if not writes:
             return None
-        if manager.latest_checkpoint != _path(manager, int(step)):
+        if saved_step[0] != int(step):
             checkpointing.save(manager, int(step), is_chief)
+            saved_step[0] = int(step)
         last_save[0] = time.perf_counter()
         return _path(manager, int(step))
 
