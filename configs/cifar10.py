@@ -3,40 +3,16 @@
 Launch:
   python train.py --config configs/cifar10.py --workdir runs/cifar10
 
-Needs the TFDS catalog dataset `cifar10`: it is downloaded on first use, which
-needs network access. Offline, prepare it elsewhere with
+Needs the TFDS catalog dataset `cifar10`: it is downloaded on first use,
+which needs network access. Offline, prepare it elsewhere with
 `tfds build cifar10 --data_dir=DIR`, copy DIR here and add
 `--config.data_dir=DIR`; the trainer says so if the dataset is missing.
+Shared settings: `configs/catalog.py`.
+An MLP is a weak model for CIFAR-10: use this to exercise the trainer.
 """
 
-from configs import default
+from configs import catalog
 
 
 def get_config():
-    config = default.get_config()
-
-    # data
-    config.dataset = "cifar10"
-    config.batch_size = 128
-    config.shuffle_buffer = 10_000  # of 50-60k examples: enough mixing
-    config.max_shift = 2  # a few pixels of play on 28-32 pixel images
-
-    # model
-    config.model.hidden_units = (1024, 1024)
-    config.model.dropout = 0.2
-
-    # optimizer
-    config.learning_rate = 1e-3
-    config.warmup_steps = 500
-    # Accuracy not yet measured: the development machine has no network.
-    config.num_epochs = 30
-
-    # training step
-    # Skip NaN/Inf steps, stop after 10 in a row (~2% of a step at this size).
-    config.max_consecutive_non_finite = 10
-
-    # training loop
-    config.steps_per_loop = 100
-    config.eval_every_epochs = 1
-
-    return config
+    return catalog.get_config("cifar10", num_epochs=30)
