@@ -21,6 +21,7 @@ PIXEL_MAX = {
     "cifar10": 255.0,
 }
 OFFLINE = ("digits",)
+_AUGMENT_BATCHES = 16
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -204,12 +205,21 @@ def create_datasets(
         .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         .repeat()
     )
-    train = train.batch(batch_size, drop_remainder=True)
     if max_shift:
-        train = train.enumerate().map(
-            _random_shift(max_shift, tf.constant(seed, tf.int64)),
-            num_parallel_calls=tf.data.AUTOTUNE,
+        # Augmenting _AUGMENT_BATCHES batches per call spreads tf.data's fixed
+        # cost per element (~90 us here) over them; `rebatch` then splits
+        # them without copying examples one by one.
+        train = (
+            train.batch(batch_size * _AUGMENT_BATCHES, drop_remainder=True)
+            .enumerate()
+            .map(
+                _random_shift(max_shift, tf.constant(seed, tf.int64)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+            .rebatch(batch_size, drop_remainder=True)
         )
+    else:
+        train = train.batch(batch_size, drop_remainder=True)
     train = train.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Several workers split the test set by example: it is a single file.
