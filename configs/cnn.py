@@ -1,4 +1,4 @@
-"""Digits + a small CNN (Keras `Conv2D`, `mylayers.Linear` head), offline.
+"""Digits + a small CNN built from `mylayers` (`Conv2D`, `Linear`), offline.
 
 Every field but the model's and the schedule's length comes from
 `configs/default.py`, so the two experiments differ only there and fields
@@ -28,14 +28,16 @@ def get_config():
     config.model.filters = (32, 64)
     config.model.hidden_units = (128,)
     config.model.activation = "relu"
-    # Over seeds 0-3, 0.3 gives 99.2-99.4% test accuracy; 0.0 gave
-    # 98.6-99.4%, too close to the 98.5% this config promises.
+    # Over seeds 0-3, 0.3 gives 98.87-99.15% test accuracy and 0.0 gives
+    # 98.87-99.44% (one test digit is 0.28%), both above the 98.5% this
+    # config promises. 0.3 was chosen when 0.0 measured 98.6%. Keras's
+    # `Conv2D` (same initial weights) gives exactly these numbers too.
     config.model.dropout = 0.3
 
     # optimizer
     # Convolutions share weights across positions, so the shifts of
     # `max_shift` are learnt in far fewer epochs than the MLP needs.
-    # 40 epochs (1,840 steps) take 10-15 s here, TensorFlow's start included.
+    # 40 epochs (1,840 steps) take 9-10 s here, TensorFlow's start included.
     config.num_epochs = 40
     config.eval_every_epochs = 5
 

@@ -21,11 +21,11 @@ def _check_positive_ints(name, values):
 class CNNClassifier(CustomModel):
     """[Conv 3x3 -> activation -> MaxPool 2x2] x N -> `mylayers.Linear` head.
 
-    The convolutions are Keras's `Conv2D`: `mylayers` has no convolution yet,
-    and this model is about the training step, not the layer. The dense head
-    is `mylayers.Linear`, as in `MLPClassifier`. A Functional `CustomModel`;
-    `get_config` holds only the arguments below, so the model is rebuilt
-    from them.
+    Built from `mylayers`: the convolutions are `mylayers.Conv2D` ("same"
+    padding) and the dense layers `mylayers.Linear`, as in `MLPClassifier`.
+    Pooling, flattening and dropout, which hold no weights, are Keras's own.
+    A Functional `CustomModel`; `get_config` holds only the arguments below,
+    so the model is rebuilt from them.
 
     Args:
         input_shape: Shape of one image, `(height, width, channels)`.
@@ -65,7 +65,7 @@ class CNNClassifier(CustomModel):
         inputs = keras.Input(shape=input_shape, name="image")
         x = inputs
         for channels in filters:
-            x = keras.layers.Conv2D(
+            x = mylayers.Conv2D(
                 channels, 3, padding="same", activation=activation
             )(x)
             x = keras.layers.MaxPooling2D(2)(x)

@@ -1,6 +1,7 @@
 """Custom Keras layers: forward-only ones, and ones with custom gradients."""
 
 from mylayers.clip_gradient import ClipGradient
+from mylayers.conv2d import Conv2D
 from mylayers.gradcheck import GradcheckError, gradcheck
 from mylayers.gradient_reversal import GradientReversal
 from mylayers.linear import Linear
@@ -14,6 +15,7 @@ from mylayers.straight_through_quantize import StraightThroughQuantize
 
 __all__ = [
     "ClipGradient",
+    "Conv2D",
     "GradcheckError",
     "GradientReversal",
     "Linear",

@@ -242,6 +242,12 @@ def cli_cases():
         (mylayers.StraightThroughQuantize(bits=1), (2, 4), 2),
         (mylayers.ClipGradient(1.5), (2, 4), 2),
         (mylayers.NumpyLinear(3), (2, 4), 2),
+        (
+            mylayers.Conv2D(2, 3, padding="same", activation="tanh"),
+            (1, 4, 4, 2),
+            2,
+        ),
+        (mylayers.Conv2D(2, (2, 3), strides=2), (1, 5, 5, 2), 2),
     ]
 
 

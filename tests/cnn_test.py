@@ -6,12 +6,20 @@ import pytest
 import tensorflow as tf
 
 import models
+import mylayers
 from configs import cnn
 
 
 def test_basics(tmp_path):
     model = models.CNNClassifier((8, 8, 1), 10, filters=(4, 8), dropout=0.1)
     assert model.output_shape == (None, 10)
+    # Every layer with weights comes from `mylayers`.
+    assert [type(layer) for layer in model.layers if layer.weights] == [
+        mylayers.Conv2D,
+        mylayers.Conv2D,
+        mylayers.Linear,
+        mylayers.Linear,
+    ]
     assert [tuple(w.shape) for w in model.trainable_weights] == [
         (3, 3, 1, 4),
         (4,),

@@ -27,11 +27,24 @@ LAYERS = {
     "ClipGradient": (lambda **kw: mylayers.ClipGradient(0.1, **kw), 0),
     "NumpyLinear": (lambda **kw: mylayers.NumpyLinear(3, **kw), 2),
 }
-WITH_WEIGHTS = [name for name, (_, n) in LAYERS.items() if n]
+# Layers of images `(batch, rows, cols, channels)` rather than of feature
+# vectors; entries as in `LAYERS`, built on 4 channels.
+IMAGE_LAYERS = {
+    "Conv2D": (lambda **kw: mylayers.Conv2D(3, 3, **kw), 2),
+}
+ALL_LAYERS = {**LAYERS, **IMAGE_LAYERS}
+WITH_WEIGHTS = [name for name, (_, n) in ALL_LAYERS.items() if n]
 
 
 def _x(shape=(5, 4), seed=0):
     return np.random.default_rng(seed).uniform(-0.9, 0.9, shape).astype("f4")
+
+
+def _sample(name, channels=4):
+    """A batch of what layer `name` takes, with `channels` on the last axis."""
+    if name in IMAGE_LAYERS:
+        return _x((5, 6, 6, channels))
+    return _x((5, channels))
 
 
 def test_every_public_layer_is_covered():
@@ -41,7 +54,7 @@ def test_every_public_layer_is_covered():
         if isinstance(getattr(mylayers, name), type)
         and issubclass(getattr(mylayers, name), keras.layers.Layer)
     }
-    assert layers == set(LAYERS)
+    assert layers == set(ALL_LAYERS)
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -72,6 +85,116 @@ def test_basics(name, tmp_path):
     np.testing.assert_array_equal(
         model.predict(_x(), verbose=0), reloaded.predict(_x(), verbose=0)
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs, output_shape",
+    [
+        ({}, (5, 4, 5, 3)),
+        ({"padding": "same"}, (5, 6, 7, 3)),
+        ({"strides": 2, "padding": "same"}, (5, 3, 4, 3)),
+        ({"kernel_size": (1, 2), "strides": (2, 3)}, (5, 3, 2, 3)),
+    ],
+)
+def test_conv2d_basics(kwargs, output_shape, tmp_path):
+    kwargs = {"kernel_size": 3, **kwargs}
+    layer = mylayers.Conv2D(3, **kwargs)
+    y = layer(_x((5, 6, 7, 4)))
+    assert y.shape == output_shape
+    assert [tuple(w.shape) for w in layer.trainable_weights] == [
+        (*layer.kernel_size, 4, 3),
+        (3,),
+    ]
+    assert layer.compute_output_shape((None, 6, 7, 4)) == (
+        None,
+        *output_shape[1:],
+    )
+    assert layer.compute_output_shape((2, None, 7, 4))[1:3] == (
+        None,
+        output_shape[2],
+    )
+    restored = type(layer).from_config(layer.get_config())
+    assert restored.get_config() == layer.get_config()
+
+    # One training step, as in `test_basics`: the Linear below (acting on the
+    # channel axis) must learn, so the gradient crosses the convolution.
+    inputs = keras.Input((6, 7, 4))
+    below = mylayers.Linear(4)
+    model = keras.Model(inputs, mylayers.Conv2D(3, **kwargs)(below(inputs)))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    assert model.output_shape == (None, *output_shape[1:])
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.fit(_x((16, 6, 7, 4)), np.ones((16, *output_shape[1:])), verbose=0)
+    for old, new in zip(before, model.trainable_weights):
+        assert not np.allclose(old, new.numpy()), new.path
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    x = _x((2, 6, 7, 4))
+    np.testing.assert_array_equal(
+        model.predict(x, verbose=0), reloaded.predict(x, verbose=0)
+    )
+
+
+@pytest.mark.parametrize(
+    "padding, strides, expected",
+    [
+        # Each output sums a 3x3 window of x = 1..16 (4x4), e.g.
+        # 1 + 2 + 3 + 5 + 6 + 7 + 9 + 10 + 11 = 54.
+        ("valid", 1, [[54, 63], [90, 99]]),
+        # ceil(4 / 2) = 2 outputs a side need one padding row and column,
+        # which TensorFlow puts at the bottom and right: the top-right
+        # window is [[3 4 0] [7 8 0] [11 12 0]], summing to 45.
+        ("same", 2, [[54, 45], [72, 54]]),
+    ],
+)
+def test_conv2d_correctness_by_hand(padding, strides, expected):
+    layer = mylayers.Conv2D(
+        1, 3, strides=strides, padding=padding, kernel_initializer="ones"
+    )
+    x = tf.reshape(tf.range(1.0, 17.0), (1, 4, 4, 1))
+    np.testing.assert_array_equal(layer(x).numpy()[0, :, :, 0], expected)
+
+
+def _numpy_conv2d(x, kernel, bias, strides, padding):
+    """Direct loops over the definition in `Conv2D`'s docstring."""
+    kh, kw = kernel.shape[:2]
+    sh, sw = strides
+    if padding == "same":
+        # TensorFlow's rule: ceil(n / s) outputs, any odd padding pixel at
+        # the bottom/right.
+        pads = []
+        for n, k, s in ((x.shape[1], kh, sh), (x.shape[2], kw, sw)):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        x = np.pad(x, [(0, 0), *pads, (0, 0)])
+    rows = (x.shape[1] - kh) // sh + 1
+    cols = (x.shape[2] - kw) // sw + 1
+    y = np.zeros((x.shape[0], rows, cols, kernel.shape[3]))
+    for n in range(x.shape[0]):
+        for i in range(rows):
+            for j in range(cols):
+                for f in range(kernel.shape[3]):
+                    window = x[n, i * sh : i * sh + kh, j * sw : j * sw + kw]
+                    y[n, i, j, f] = np.sum(window * kernel[..., f]) + bias[f]
+    return y
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("strides", [1, 2, (2, 1)])
+def test_conv2d_correctness(padding, strides):
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(3, 2, 3, 4))
+    bias = rng.normal(size=(4,))
+    x = rng.normal(size=(2, 7, 6, 3))
+    layer = mylayers.Conv2D(4, (3, 2), strides=strides, padding=padding)
+    layer.build((None, 7, 6, 3))
+    layer.set_weights([kernel, bias])
+    expected = _numpy_conv2d(x, kernel, bias, layer.strides, padding).astype(
+        "f4"
+    )
+    y = layer(tf.constant(x, tf.float32)).numpy()
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_rms_norm_correctness():
@@ -194,6 +317,17 @@ def test_clip_gradient_correctness(max_norm, expected):
         (lambda: mylayers.ClipGradient(True), "max_norm"),
         (lambda: mylayers.NumpyLinear(0), "units"),
         (lambda: mylayers.NumpyLinear("3"), "units"),
+        (lambda: mylayers.Conv2D(0, 3), "filters"),
+        (lambda: mylayers.Conv2D(2.0, 3), "filters"),
+        (lambda: mylayers.Conv2D(True, 3), "filters"),
+        (lambda: mylayers.Conv2D(4, 0), "kernel_size"),
+        (lambda: mylayers.Conv2D(4, (3,)), "kernel_size"),
+        (lambda: mylayers.Conv2D(4, (3, 0)), "kernel_size"),
+        (lambda: mylayers.Conv2D(4, 2.5), "kernel_size"),
+        (lambda: mylayers.Conv2D(4, 3, strides=0), "strides"),
+        (lambda: mylayers.Conv2D(4, 3, strides=(1, 1, 1)), "strides"),
+        (lambda: mylayers.Conv2D(4, 3, padding="causal"), "padding"),
+        (lambda: mylayers.Conv2D(4, 3, padding="SAME"), "padding"),
     ],
 )
 def test_invalid_arguments(make, argument):
@@ -203,21 +337,21 @@ def test_invalid_arguments(make, argument):
 
 @pytest.mark.parametrize("name", WITH_WEIGHTS + ["MLPBlock"])
 def test_wrong_input_names_layer(name):
-    factory, _ = LAYERS[name]
+    factory, _ = ALL_LAYERS[name]
     layer = factory(name="my_layer")
-    layer(_x())
+    layer(_sample(name))
     with pytest.raises(ValueError, match="my_layer"):
-        layer(_x((5, 5)))
+        layer(_sample(name, channels=5))
     with pytest.raises(ValueError, match="my_layer"):
-        factory(name="my_layer")(_x((4,)))
+        factory(name="my_layer")(_sample(name)[0])  # one rank short
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("name", sorted(ALL_LAYERS))
 def test_mixed_precision(name, policy):
-    factory, _ = LAYERS[name]
+    factory, _ = ALL_LAYERS[name]
     layer = factory(dtype=policy)
-    x = tf.constant(_x())
+    x = tf.constant(_sample(name))
     with tf.GradientTape() as tape:
         tape.watch(x)
         y = layer(x)
@@ -234,7 +368,11 @@ def test_mixed_precision(name, policy):
 
 def _every_layer_model(with_numpy=True):
     inputs = keras.Input((4,))
-    h = mylayers.ManualLinear(6, activation="tanh")(inputs)
+    # The 4 features as a 2x2 image, so that Conv2D is saved and exported too.
+    h = keras.layers.Reshape((2, 2, 1))(inputs)
+    h = mylayers.Conv2D(3, 2, padding="same", activation="tanh")(h)
+    h = keras.layers.Flatten()(h)
+    h = mylayers.ManualLinear(6, activation="tanh")(h)
     h = mylayers.RMSNorm()(h)
     h = mylayers.MLPBlock(8)(h)
     h = mylayers.GradientReversal(0.5)(h)
@@ -322,5 +460,6 @@ def test_save_load_and_export_in_fresh_process(tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # y, dx, and the 10 weights of the exportable model.
-    assert result.stdout.split()[-2:] == ["ok", str(2 + 2 + 1 + 4 + 2 + 1)]
+    # y, dx, and the 12 weights of the exportable model: Conv2D 2,
+    # ManualLinear 2, RMSNorm 1, MLPBlock 5, Linear 2.
+    assert result.stdout.split()[-2:] == ["ok", str(2 + 2 + 2 + 1 + 5 + 2)]
