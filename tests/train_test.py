@@ -25,6 +25,7 @@ def _tiny_config():
     # it off so they don't change later tests (e.g. Keras then refuses XLA).
     config.deterministic = False
     config.model.hidden_units = (32,)
+    config.model.dropout = 0.0  # two epochs of a tiny model: learn fast
     config.num_epochs = 2
     config.eval_every_epochs = 1
     config.checkpoint_every_steps = 30
