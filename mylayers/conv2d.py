@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from mylayers import _checks
+
 
 def _positive_pair(layer, argument, value):
     """`value` as `(rows, cols)`, from a positive int or a pair of them."""
@@ -82,21 +84,12 @@ class Conv2D(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if (
-            not isinstance(filters, int)
-            or isinstance(filters, bool)
-            or filters < 1
-        ):
-            raise ValueError(
-                f"{type(self).__name__} expected a positive integer for "
-                f"`filters`. Received: filters={filters!r}"
-            )
         if padding not in ("same", "valid"):
             raise ValueError(
                 f'{type(self).__name__} expected padding="same" or "valid". '
                 f"Received: padding={padding!r}"
             )
-        self.filters = filters
+        self.filters = _checks.positive_int(self, "filters", filters)
         self.kernel_size = _positive_pair(self, "kernel_size", kernel_size)
         self.strides = _positive_pair(self, "strides", strides)
         self.padding = padding

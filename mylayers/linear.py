@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from mylayers import _checks
+
 
 @keras.saving.register_keras_serializable(package="mylayers")
 class Linear(keras.layers.Layer):
@@ -50,12 +52,7 @@ class Linear(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-            raise ValueError(
-                f"{type(self).__name__} expected a positive integer for "
-                f"`units`. Received: units={units!r}"
-            )
-        self.units = units
+        self.units = _checks.positive_int(self, "units", units)
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

@@ -2,6 +2,7 @@
 
 import keras
 
+from mylayers import _checks
 from mylayers.linear import Linear
 from mylayers.rms_norm import RMSNorm
 
@@ -40,16 +41,9 @@ class MLPBlock(keras.layers.Layer):
 
     def __init__(self, hidden_units, activation="gelu", epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
-        if (
-            not isinstance(hidden_units, int)
-            or isinstance(hidden_units, bool)
-            or hidden_units < 1
-        ):
-            raise ValueError(
-                f"{type(self).__name__} expected a positive integer for "
-                f"`hidden_units`. Received: hidden_units={hidden_units!r}"
-            )
-        self.hidden_units = hidden_units
+        self.hidden_units = _checks.positive_int(
+            self, "hidden_units", hidden_units
+        )
         self.activation = keras.activations.get(activation)
         self.epsilon = epsilon
         # Sublayers inherit this layer's dtype policy (mixed precision too).

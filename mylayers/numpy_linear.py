@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from mylayers import _checks
 from mylayers.numpy_bridge import numpy_op
 
 
@@ -96,12 +97,7 @@ class NumpyLinear(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-            raise ValueError(
-                f"{type(self).__name__} expected a positive integer for "
-                f"`units`. Received: units={units!r}"
-            )
-        self.units = units
+        self.units = _checks.positive_int(self, "units", units)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         # Read by Keras's `compile(jit_compile=...)` and by gradcheck.
