@@ -53,9 +53,11 @@ def matmul_gflops(n=2048, calls=20):
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _compile(model):
+def _compile(model, optimizer="adam"):
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.get(
+            {"class_name": optimizer, "config": {"learning_rate": 1e-3}}
+        ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         **(
@@ -88,8 +90,10 @@ class _StepTimer(keras.callbacks.Callback):
         return (self.marks[-1] - self.marks[0]) / (len(self.marks) - 1)
 
 
-def _ours(model_fn, input_shape, batch, steps, jit_compile=False):
-    model = _compile(model_fn())
+def _ours(
+    model_fn, input_shape, batch, steps, jit_compile=False, optimizer="adam"
+):
+    model = _compile(model_fn(), optimizer)
     step = tf.Variable(0, dtype=tf.int64)
     train_steps = trainer.make_train_steps(
         model, tf.distribute.get_strategy(), step, jit_compile
@@ -203,6 +207,84 @@ def bench_steps():
             ),
         }
     return results
+
+
+def bench_mlp_ceiling():
+    """What bounds the MLP step: its matmuls alone, and Adam's share.
+
+    Times, interleaved with the 2048^2 reference matmul, (a) the eight
+    matmuls of one training step of MLP 784-1024-1024-10 at batch 512 (the
+    forward pass, the weight gradients and the input gradients of the
+    second and third layers), in the transposes `mylayers.Linear` and its
+    autodiff gradient use, with nothing else; and (b) the whole step with
+    SGD instead of Adam. (a) is the step's ceiling: no ReLU, softmax,
+    bias or optimizer work can make the step faster than its matmuls.
+    """
+    batch, sizes = 512, (784, 1024, 1024, 10)
+    x = tf.random.normal((batch, sizes[0]))
+    kernels = [
+        tf.random.normal((units, fan_in))  # (units, in), as Linear keeps it
+        for fan_in, units in zip(sizes, sizes[1:])
+    ]
+    upstream = tf.random.normal((batch, sizes[-1]))
+
+    @tf.function
+    def matmuls():
+        inputs = [x]
+        for kernel in kernels:  # forward: y = x W^T
+            inputs.append(tf.matmul(inputs[-1], kernel, transpose_b=True))
+        total, grad = tf.constant(0.0), upstream
+        for i in reversed(range(len(kernels))):
+            # dL/dW = g^T x; dL/dx = g W (none for the data).
+            total += tf.reduce_sum(
+                tf.matmul(grad, inputs[i], transpose_a=True)
+            )
+            if i:
+                grad = tf.matmul(grad, kernels[i])
+        return total + tf.reduce_sum(inputs[-1])
+
+    n = 2048
+    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
+    reference = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+
+    def timed(fn, calls):
+        def run():
+            start = time.perf_counter()
+            for _ in range(calls):
+                result = fn()
+            result.numpy()
+            return (time.perf_counter() - start) / calls
+
+        fn().numpy()
+        return run
+
+    sgd = _ours(
+        lambda: models.MLPClassifier((784,), 10, hidden_units=(1024, 1024)),
+        (784,),
+        batch,
+        20,
+        optimizer="sgd",
+    )
+    times = _interleave(
+        {
+            "matmul_2048": timed(reference, 20),
+            "step_matmuls": timed(matmuls, 20),
+            "sgd_step": sgd,
+        }
+    )
+    peak = [2 * n**3 / t / 1e9 for t in times["matmul_2048"]]
+    return {
+        "matmul_2048_gflops": statistics.median(peak),
+        "step_matmuls_ms": 1e3 * statistics.median(times["step_matmuls"]),
+        "step_matmuls_fraction_of_matmul": statistics.median(
+            _mlp_gflops(1e3 * t) / p
+            for t, p in zip(times["step_matmuls"], peak)
+        ),
+        "sgd_step_ms": 1e3 * statistics.median(times["sgd_step"]),
+        "sgd_step_fraction_of_matmul": statistics.median(
+            _mlp_gflops(1e3 * t) / p for t, p in zip(times["sgd_step"], peak)
+        ),
+    }
 
 
 def bench_pipeline(step_ms):
@@ -321,6 +403,14 @@ def _print_table(results):
         f"{100 * results['mlp_fraction_of_matmul']:.0f}% of the matmul's "
         f"(XLA: {100 * results['mlp_xla_fraction_of_matmul']:.0f}%)"
     )
+    c = results["mlp_ceiling"]
+    print(
+        f"MLP step's eight matmuls alone: {c['step_matmuls_ms']:.2f} ms, "
+        f"{100 * c['step_matmuls_fraction_of_matmul']:.0f}% of the matmul's "
+        f"GFLOP/s (the step's ceiling); whole step with SGD instead of Adam: "
+        f"{c['sgd_step_ms']:.2f} ms, "
+        f"{100 * c['sgd_step_fraction_of_matmul']:.0f}%"
+    )
     p = results["pipeline"]
     print(
         f"input pipeline: {p['pipeline_batches_per_s']:.0f} batches/s, "
@@ -353,6 +443,7 @@ def main():
         _mlp_gflops(mlp["ours_xla_ms"]) / peak
     )
     if "--steps-only" not in sys.argv:  # run_all.py's oneDNN comparison
+        results["mlp_ceiling"] = bench_mlp_ceiling()
         digits = results["steps"]["mlp_digits_64-256-256-10_b32"]
         results["pipeline"] = bench_pipeline(digits["ours_ms"])
         results["default_run"] = bench_default_run()
