@@ -236,9 +236,7 @@ def bench_mlp_ceiling():
         total, grad = tf.constant(0.0), upstream
         for i in reversed(range(len(kernels))):
             # dL/dW = g^T x; dL/dx = g W (none for the data).
-            total += tf.reduce_sum(
-                tf.matmul(grad, inputs[i], transpose_a=True)
-            )
+            total += tf.reduce_sum(tf.matmul(grad, inputs[i], transpose_a=True))
             if i:
                 grad = tf.matmul(grad, kernels[i])
         return total + tf.reduce_sum(inputs[-1])
