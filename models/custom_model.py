@@ -222,9 +222,14 @@ class CustomModel(keras.Model):
         gradients, variables = zip(
             *[(g, v) for g, v in zip(gradients, variables) if g is not None]
         )
+        # Under a strategy, loss scaling must skip or apply on every replica
+        # alike: it then decides from the gradients' mean over replicas.
+        mean = step_parts.needs_agreed_gradients(self.optimizer)
+        if mean:
+            gradients = step_parts.mean_over_replicas(gradients)
         # Norms and clipping, as `compile` asked.
         gradients, logs = state.clip_and_measure(
-            self.optimizer, gradients, variables
+            self.optimizer, gradients, variables, mean
         )
 
         def apply(gradients):

@@ -4,6 +4,7 @@ Each function works eagerly, inside `tf.function`, under XLA and in the
 replica context of a `tf.distribute` strategy (`strategy.run`).
 """
 
+import keras
 import tensorflow as tf
 from absl import logging
 
@@ -58,6 +59,30 @@ def all_reduced(gradients):
     pieces = tf.split(flat, sizes)
     summed = iter(tf.reshape(p, tf.shape(g)) for p, g in zip(pieces, present))
     return [None if g is None else next(summed) for g in gradients]
+
+
+def needs_agreed_gradients(optimizer):
+    """Whether `optimizer` must see the same gradients on every replica.
+
+    A `LossScaleOptimizer` decides on each replica, from the gradients it is
+    given, whether to skip the step for overflow. Given each replica's own
+    partial gradient, one replica's overflow leaves the others applying the
+    update, summed with its Inf: the weights become Inf (seen with Keras's
+    own step under `MirroredStrategy`).
+    """
+    return replicas() > 1 and isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    )
+
+
+def mean_over_replicas(gradients):
+    """The all-reduced gradients divided by the replica count.
+
+    Equal on every replica; the optimizer's own sum over replicas turns them
+    back into the all-reduced gradients.
+    """
+    count = replicas()
+    return [None if g is None else g / count for g in all_reduced(gradients)]
 
 
 def is_finite(loss, gradients):

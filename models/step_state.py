@@ -170,9 +170,11 @@ class StepState:
             "missing_gradients": self.missing_gradients,
         }
 
-    def clip_and_measure(self, optimizer, gradients, variables):
+    def clip_and_measure(self, optimizer, gradients, variables, mean=False):
         """Global-norm clipping and gradient norms, as configured.
 
+        `mean`: whether `gradients` are already the mean over replicas
+        (`step_parts.mean_over_replicas`) rather than each replica's part.
         Returns the gradients to apply and the logs to add.
         """
         if not (
@@ -182,9 +184,13 @@ class StepState:
         # The tape's loss was multiplied by this (mixed_float16), and each
         # replica holds a partial gradient: norms are of the unscaled sum.
         scale = optimizer.scale_loss(tf.constant(1.0))
+        if mean:  # The sum is the mean times the replica count.
+            scale = scale / step_parts.replicas()
+            summed = gradients
+        else:
+            summed = step_parts.all_reduced(list(gradients))
         squares = [
-            tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
-            for g in step_parts.all_reduced(list(gradients))
+            tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in summed
         ]
         norm = tf.sqrt(tf.add_n(squares)) / scale
         logs = {"grad_norm": norm} if self.log_grad_norm else {}

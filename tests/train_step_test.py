@@ -524,6 +524,18 @@ def test_mirrored_strategy_on_two_cpus():
     assert abs(report["grad_norm"] - report["grad_norm_single"]) <= 1e-5
     assert report["layer_norms_vs_single_device"] <= 1e-5
     assert report["num_norms"] == 3  # global and 2 layers
+    # Loss scaling with an overflow on one replica only: our step skips it
+    # on both and halves the scale. Keras's own step applies it on the
+    # other replica and its weights become Inf; if this starts failing,
+    # Keras fixed that.
+    assert report["ours_overflow_weights_finite"] is True
+    assert report["ours_overflow_skipped"] is True
+    assert report["ours_overflow_scale"] == 2.0**14
+    assert report["keras_overflow_weights_finite"] is False
+    assert report["mixed_vs_single_device"] <= 1e-3
+    assert report["mixed_grad_norm"] == pytest.approx(
+        report["mixed_grad_norm_single"], rel=1e-2
+    )
     assert report["fit_non_finite_steps"] == 1
     assert report["fit_weights_finite"] is True
     assert report["accumulation_refused"] is True

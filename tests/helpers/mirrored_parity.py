@@ -52,6 +52,23 @@ def _model(model_class, optimizer, **options):
     return model
 
 
+def _mixed_model(model_class, **options):
+    """Two mixed_float16 layers, float32 logits, a LossScaleOptimizer."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    hidden = mylayers.Linear(8, dtype="mixed_float16")(inputs)
+    model = model_class(inputs, mylayers.Linear(2, dtype="float32")(hidden))
+    model.compile(
+        optimizer=keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.01)
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **options,
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def _train(strategy, model, dataset):
     """Runs `model.train_step` on each batch; returns the last logs."""
     if strategy is None:
@@ -168,6 +185,41 @@ def main():
     report["num_norms"] = len(clipped.step_state)
     report["grad_norm"] = float(logs["grad_norm"])
     report["grad_norm_single"] = float(single_logs["grad_norm"])
+
+    # Loss scaling (mixed_float16) with an overflow on the second replica's
+    # half of the batch only: every replica must skip the step.
+    x_big = np.ones((GLOBAL_BATCH, 4), "float32")
+    x_big[GLOBAL_BATCH // 2 :] = 300.0
+    overflow = tf.data.Dataset.from_tensors((x_big, y[:GLOBAL_BATCH]))
+    for name, model_class in (
+        ("ours", models.CustomModel),
+        ("keras", keras.Model),
+    ):
+        with strategy.scope():
+            scaled = _mixed_model(model_class)
+        start = _local_copies(strategy, scaled)
+        _train(strategy, scaled, overflow)
+        report[f"{name}_overflow_weights_finite"] = all(
+            bool(np.isfinite(w).all()) for w in scaled.get_weights()
+        )
+        report[f"{name}_overflow_skipped"] = all(
+            np.array_equal(a, b)
+            for a, b in zip(start, _local_copies(strategy, scaled))
+            if a.ndim  # the weights and slots; not the scale or counters
+        )
+        report[f"{name}_overflow_scale"] = float(
+            scaled.optimizer.scale_loss(1.0)
+        )
+    # And without overflow: the same update and grad_norm as one device.
+    normal = _dataset(x, y, w, 5)
+    with strategy.scope():
+        scaled = _mixed_model(models.CustomModel, log_grad_norm=True)
+    scaled_single = _mixed_model(models.CustomModel, log_grad_norm=True)
+    logs = _train(strategy, scaled, normal)
+    single_logs = _train(None, scaled_single, normal)
+    report["mixed_vs_single_device"] = _max_diff(scaled, scaled_single)
+    report["mixed_grad_norm"] = float(logs["grad_norm"])
+    report["mixed_grad_norm_single"] = float(single_logs["grad_norm"])
 
     # Keras's accumulation fails under the strategy: compile refuses it.
     try:
