@@ -220,33 +220,8 @@ def _train(config, workdir, strategy, writes):
         total_steps = config.num_epochs * steps_per_epoch
     num_epochs = total_steps // steps_per_epoch
 
-    # Global Keras state: set every run, so one run's policy never leaks
-    # into the next run in the same process.
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
-    with strategy.scope():
-        model = _create_model(config.model, info)
-        # With accumulation the optimizer updates once per k steps.
-        updates = total_steps // config.gradient_accumulation_steps
-        optimizer = _create_optimizer(config, updates)
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            global_clipnorm=config.global_clipnorm or None,
-            gradient_accumulation_steps=(
-                config.gradient_accumulation_steps
-                if config.gradient_accumulation_steps > 1
-                else None
-            ),
-            max_consecutive_non_finite=config.max_consecutive_non_finite
-            or None,
-            log_grad_norm=config.log_grad_norm,
-            layer_grad_norms=config.layer_grad_norms,
-            missing_gradients=config.missing_gradients,
-        )
-        optimizer = model.optimizer  # LossScaleOptimizer under mixed_float16
-        # Slots must exist before a restore, or they are not restored.
-        optimizer.build(model.trainable_variables)
+    model = _compiled_model(config, info, strategy, total_steps)
+    optimizer = model.optimizer  # LossScaleOptimizer under mixed_float16
     # Outside the strategy's scope: plain variables, the same on every
     # worker, that Python can read.
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -261,32 +236,11 @@ def _train(config, workdir, strategy, writes):
         for name, v in model.step_state.items()
         if name in ("non_finite_steps", "consecutive_non_finite")
     ]
-    checkpoint = checkpointing.state(
-        model, optimizer, step, iterator, best, guard
+    state = checkpointing.state(model, optimizer, step, iterator, best, guard)
+    checkpoints = _Checkpoints(
+        config, workdir, state, step, strategy, total_steps, writes
     )
-    manager = best_manager = None
-    # Every worker saves (saving runs collectives), but only the chief's
-    # checkpoint is kept; all workers resume from it, as their iterators
-    # are in the same state.
-    if writes:
-        manager = checkpointing.manager(
-            checkpoint,
-            os.path.join(workdir, "checkpoints"),
-            config.max_checkpoints_to_keep,
-        )
-        if is_chief:
-            best_manager = checkpointing.manager(
-                tf.train.Checkpoint(model=model),
-                os.path.join(workdir, "best_checkpoint"),
-                max_to_keep=1,
-            )
-        start = time.perf_counter()
-        restored = checkpointing.restore_latest(checkpoint, manager)
-        if restored:
-            print(
-                f"Resuming from {restored} at step {int(step)}. "
-                f"(restored in {time.perf_counter() - start:.2f} s)"
-            )
+    checkpoints.restore()
 
     train_steps = make_train_steps(model, strategy, step, config.jit_compile)
 
@@ -300,26 +254,6 @@ def _train(config, workdir, strategy, writes):
             metric.reset_state()
         evaluate_all(eval_data)
         return _metric_values(model, prefix="eval_")
-
-    # Workers would disagree on elapsed time, and every worker must take
-    # part in each save: multi-worker runs keep to the step cadence.
-    num_workers = distribution.worker_info(strategy)[0]
-    secs = config.checkpoint_every_secs if num_workers == 1 else 0
-    last_save = [time.perf_counter()]
-
-    # The step of the newest checkpoint, kept here rather than read from
-    # the manager: a non-chief worker's manager never records its saves, and
-    # all workers must agree on whether to save (each save runs collectives).
-    saved_step = [int(step) if writes and manager.latest_checkpoint else None]
-
-    def save():
-        if not writes:
-            return None
-        if saved_step[0] != int(step):
-            checkpointing.save(manager, int(step), is_chief)
-            saved_step[0] = int(step)
-        last_save[0] = time.perf_counter()
-        return _path(manager, int(step))
 
     writer = summaries.Writer(workdir) if writes and is_chief else None
     loop_start = time.perf_counter()
@@ -338,31 +272,13 @@ def _train(config, workdir, strategy, writes):
             epoch_end = (epoch + 1) * steps_per_epoch
             while int(step) < epoch_end:
                 current = int(step)
-                # 0 turns the step cadence off.
-                every = config.checkpoint_every_steps or total_steps
-                next_checkpoint = (current // every + 1) * every
                 num_steps = min(
                     config.steps_per_loop,
                     epoch_end - current,
-                    next_checkpoint - current,
+                    checkpoints.next_step() - current,
                 )
                 start = time.perf_counter()
-                try:
-                    logs = train_steps(
-                        iterator, tf.constant(num_steps, tf.int64)
-                    )
-                    model.check_non_finite()  # The step's own check skips XLA.
-                except (
-                    tf.errors.InvalidArgumentError,
-                    FloatingPointError,
-                ) as e:
-                    if "consecutive training steps" not in str(e):
-                        raise
-                    # The assert's message, without TensorFlow's wrapping.
-                    found = re.search(
-                        r"\d+ consecutive training steps[^]]*", str(e)
-                    )
-                    raise TrainingDivergedError(found.group(0)) from None
+                logs = _run_steps(train_steps, iterator, num_steps, model)
                 seconds = time.perf_counter() - start
                 train_logs = {k: float(v) for k, v in logs.items()}
                 train_logs.update(_metric_values(model))
@@ -395,19 +311,16 @@ def _train(config, workdir, strategy, writes):
                     value = eval_logs[config.best_metric]
                     if _is_better(value, float(best), config.best_mode):
                         best.assign(value)
-                        if best_manager:
-                            best_manager.save(checkpoint_number=int(step))
+                        checkpoints.save_best()
                 if writer:
                     writer.write(int(step), scalars)
-                if int(step) % every == 0 or (
-                    secs and time.perf_counter() - last_save[0] >= secs
-                ):
-                    save()
+                if checkpoints.due():
+                    checkpoints.save()
                 if signals:
-                    raise Preempted(signals[0], int(step), save())
+                    raise Preempted(signals[0], int(step), checkpoints.save())
         if not eval_logs or int(step) % steps_per_epoch:
             eval_logs = evaluate()
-        save()
+        checkpoints.save()
     if writes and not is_chief:
         # Each worker's final weights, to check that all workers agree.
         worker_dir = os.path.join(workdir, f"worker-{worker_index}")
@@ -417,12 +330,144 @@ def _train(config, workdir, strategy, writes):
         writer.close()
         _export(model, workdir, "")
         summaries.plot_curves(workdir)
-        if best_manager.latest_checkpoint:
-            tf.train.Checkpoint(model=model).restore(
-                best_manager.latest_checkpoint
-            ).assert_existing_objects_matched()
+        if checkpoints.restore_best():
             _export(model, workdir, "best_")
     return {"step": int(step), **train_logs, **eval_logs}
+
+
+def _compiled_model(config, info, strategy, total_steps):
+    """The config's model, compiled with its optimizer and step options."""
+    # Global Keras state: set every run, so one run's policy never leaks
+    # into the next run in the same process.
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    with strategy.scope():
+        model = _create_model(config.model, info)
+        # With accumulation the optimizer updates once per k steps.
+        updates = total_steps // config.gradient_accumulation_steps
+        model.compile(
+            optimizer=_create_optimizer(config, updates),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            global_clipnorm=config.global_clipnorm or None,
+            gradient_accumulation_steps=(
+                config.gradient_accumulation_steps
+                if config.gradient_accumulation_steps > 1
+                else None
+            ),
+            max_consecutive_non_finite=config.max_consecutive_non_finite
+            or None,
+            log_grad_norm=config.log_grad_norm,
+            layer_grad_norms=config.layer_grad_norms,
+            missing_gradients=config.missing_gradients,
+        )
+        # Slots must exist before a restore, or they are not restored.
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _run_steps(train_steps, iterator, num_steps, model):
+    """`train_steps` for `num_steps` steps; their last logs.
+
+    Raises:
+        TrainingDivergedError: the non-finite guard's limit was reached.
+    """
+    try:
+        logs = train_steps(iterator, tf.constant(num_steps, tf.int64))
+        model.check_non_finite()  # The step's own check skips XLA.
+    except (tf.errors.InvalidArgumentError, FloatingPointError) as e:
+        if "consecutive training steps" not in str(e):
+            raise
+        # The assert's message, without TensorFlow's wrapping.
+        found = re.search(r"\d+ consecutive training steps[^]]*", str(e))
+        raise TrainingDivergedError(found.group(0)) from None
+    return logs
+
+
+class _Checkpoints:
+    """The run's checkpoints: restore, the save cadence, and the best model.
+
+    Every worker saves (saving runs collectives), but only the chief's
+    checkpoint is kept; all workers resume from it, as their iterators are
+    in the same state. With `writes` false (`fast_dev_run`) nothing is read
+    or written.
+    """
+
+    def __init__(self, config, workdir, state, step, strategy, total, writes):
+        num_workers, _, self._is_chief = distribution.worker_info(strategy)
+        self._step, self._writes = step, writes
+        # 0 turns the step cadence off.
+        self._every = config.checkpoint_every_steps or total
+        # Workers would disagree on elapsed time, and every worker must take
+        # part in each save: multi-worker runs keep to the step cadence.
+        self._secs = config.checkpoint_every_secs if num_workers == 1 else 0
+        self._last_save = time.perf_counter()
+        self._manager = self._best = None
+        if writes:
+            self._manager = checkpointing.manager(
+                state,
+                os.path.join(workdir, "checkpoints"),
+                config.max_checkpoints_to_keep,
+            )
+            if self._is_chief:
+                self._best = checkpointing.manager(
+                    tf.train.Checkpoint(model=state.model),
+                    os.path.join(workdir, "best_checkpoint"),
+                    max_to_keep=1,
+                )
+        self._state = state
+        # The step of the newest checkpoint, kept here rather than read from
+        # the manager: a non-chief worker's manager never records its saves,
+        # and all workers must agree on whether to save (each save runs
+        # collectives).
+        self._saved_step = None
+
+    def restore(self):
+        """Restores the newest readable checkpoint, if there is one."""
+        if not self._writes:
+            return
+        start = time.perf_counter()
+        restored = checkpointing.restore_latest(self._state, self._manager)
+        if restored:
+            self._saved_step = int(self._step)
+            print(
+                f"Resuming from {restored} at step {int(self._step)}. "
+                f"(restored in {time.perf_counter() - start:.2f} s)"
+            )
+
+    def next_step(self):
+        """The next step the step cadence saves at."""
+        return (int(self._step) // self._every + 1) * self._every
+
+    def due(self):
+        """Whether the step or the time cadence asks for a save now."""
+        return int(self._step) % self._every == 0 or bool(
+            self._secs and time.perf_counter() - self._last_save >= self._secs
+        )
+
+    def save(self):
+        """Saves the current step (once); returns its path, or None."""
+        if not self._writes:
+            return None
+        step = int(self._step)
+        if self._saved_step != step:
+            checkpointing.save(self._manager, step, self._is_chief)
+            self._saved_step = step
+        self._last_save = time.perf_counter()
+        return _path(self._manager, step)
+
+    def save_best(self):
+        """Saves the model's weights as the best so far (the chief only)."""
+        if self._best:
+            self._best.save(checkpoint_number=int(self._step))
+
+    def restore_best(self):
+        """Loads the best weights into the model; False if none were saved."""
+        if not (self._best and self._best.latest_checkpoint):
+            return False
+        tf.train.Checkpoint(model=self._state.model).restore(
+            self._best.latest_checkpoint
+        ).assert_existing_objects_matched()
+        return True
 
 
 def _path(manager, number):
