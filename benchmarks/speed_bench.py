@@ -39,18 +39,8 @@ def _median_ratio(pairs):
 
 def matmul_gflops(n=2048, calls=20):
     """GFLOP/s of an n x n fp32 matmul: the CPU's practical peak."""
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    matmul = tf.function(lambda a, b: tf.matmul(a, b))
-    matmul(a, b).numpy()
-    times = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(calls):
-            c = matmul(a, b)
-        c.numpy()
-        times.append((time.perf_counter() - start) / calls)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    run = _timed(_reference_matmul(tf.float32, n), calls)
+    return 2 * n**3 / statistics.median(run() for _ in range(ROUNDS)) / 1e9
 
 
 def _compile(model, optimizer="adam"):
@@ -209,21 +199,38 @@ def bench_steps():
     return results
 
 
-def bench_mlp_ceiling():
-    """What bounds the MLP step: its matmuls alone, and Adam's share.
+def _timed(fn, calls):
+    """A `run()` that returns the seconds per call of `fn` (traced first)."""
 
-    Times, interleaved with the 2048^2 reference matmul, (a) the eight
-    matmuls of one training step of MLP 784-1024-1024-10 at batch 512 (the
-    forward pass, the weight gradients and the input gradients of the
-    second and third layers), in the transposes `mylayers.Linear` and its
-    autodiff gradient use, with nothing else; and (b) the whole step with
-    SGD instead of Adam. (a) is the step's ceiling: no ReLU, softmax,
-    bias or optimizer work can make the step faster than its matmuls.
+    def run():
+        start = time.perf_counter()
+        for _ in range(calls):
+            result = fn()
+        result.numpy()
+        return (time.perf_counter() - start) / calls
+
+    fn().numpy()
+    return run
+
+
+def _reference_matmul(dtype, n=2048):
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
+    return tf.function(
+        lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32))
+    )
+
+
+def _step_matmuls(batch=512, sizes=(784, 1024, 1024, 10)):
+    """The eight matmuls of one MLP training step, and nothing else.
+
+    The forward pass, the weight gradients and the input gradients of the
+    second and third layers, in the transposes `mylayers.Linear` (kernel
+    stored as (units, in)) and its autodiff gradient use.
     """
-    batch, sizes = 512, (784, 1024, 1024, 10)
     x = tf.random.normal((batch, sizes[0]))
     kernels = [
-        tf.random.normal((units, fan_in))  # (units, in), as Linear keeps it
+        tf.random.normal((units, fan_in))
         for fan_in, units in zip(sizes, sizes[1:])
     ]
     upstream = tf.random.normal((batch, sizes[-1]))
@@ -241,48 +248,64 @@ def bench_mlp_ceiling():
                 grad = tf.matmul(grad, kernels[i])
         return total + tf.reduce_sum(inputs[-1])
 
-    n = 2048
-    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
-    reference = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    return matmuls
 
-    def timed(fn, calls):
-        def run():
-            start = time.perf_counter()
-            for _ in range(calls):
-                result = fn()
-            result.numpy()
-            return (time.perf_counter() - start) / calls
 
-        fn().numpy()
-        return run
+def bench_mlp_limits():
+    """What bounds the MLP 784-1024-1024-10 step at batch 512.
 
-    sgd = _ours(
-        lambda: models.MLPClassifier((784,), 10, hidden_units=(1024, 1024)),
-        (784,),
-        batch,
-        20,
-        optimizer="sgd",
-    )
-    times = _interleave(
-        {
-            "matmul_2048": timed(reference, 20),
-            "step_matmuls": timed(matmuls, 20),
-            "sgd_step": sgd,
-        }
-    )
-    peak = [2 * n**3 / t / 1e9 for t in times["matmul_2048"]]
-    return {
-        "matmul_2048_gflops": statistics.median(peak),
-        "step_matmuls_ms": 1e3 * statistics.median(times["step_matmuls"]),
-        "step_matmuls_fraction_of_matmul": statistics.median(
-            _mlp_gflops(1e3 * t) / p
-            for t, p in zip(times["step_matmuls"], peak)
-        ),
-        "sgd_step_ms": 1e3 * statistics.median(times["sgd_step"]),
-        "sgd_step_fraction_of_matmul": statistics.median(
-            _mlp_gflops(1e3 * t) / p for t, p in zip(times["sgd_step"], peak)
-        ),
+    Interleaved in the same rounds: the 2048^2 reference matmul in float32
+    and bfloat16; the step's eight matmuls alone (its ceiling: no ReLU,
+    softmax, bias or optimizer work can make the step faster than its
+    matmuls); the trainer's step with Adam, with SGD instead (no optimizer
+    state to update), and with Adam under `mixed_bfloat16` (bf16 matmuls,
+    which this CPU runs natively where it has AVX512_BF16 or AMX).
+    """
+
+    def mlp():
+        return models.MLPClassifier((784,), 10, hidden_units=(1024, 1024))
+
+    runs = {
+        "matmul_fp32": _timed(_reference_matmul(tf.float32), 20),
+        "matmul_bf16": _timed(_reference_matmul(tf.bfloat16), 20),
+        "step_matmuls": _timed(_step_matmuls(), 20),
+        "adam_step": _ours(mlp, (784,), 512, 20),
+        "sgd_step": _ours(mlp, (784,), 512, 20, optimizer="sgd"),
     }
+    # The policy is read when layers are built and when `compile` picks the
+    # optimizer; the traced step keeps it.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        runs["adam_step_bf16"] = _ours(mlp, (784,), 512, 20)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    times = _interleave(runs)
+    n = 2048
+    peaks = {
+        dtype: [2 * n**3 / t / 1e9 for t in times[f"matmul_{dtype}"]]
+        for dtype in ("fp32", "bf16")
+    }
+
+    def fraction(name, dtype="fp32"):
+        return statistics.median(
+            _mlp_gflops(1e3 * t) / p for t, p in zip(times[name], peaks[dtype])
+        )
+
+    results = {
+        f"matmul_2048_{dtype}_gflops": statistics.median(peaks[dtype])
+        for dtype in peaks
+    }
+    for name in ("step_matmuls", "adam_step", "sgd_step", "adam_step_bf16"):
+        results[f"{name}_ms"] = 1e3 * statistics.median(times[name])
+    for name in ("step_matmuls", "adam_step", "sgd_step"):
+        results[f"{name}_fraction_of_matmul"] = fraction(name)
+    results["adam_step_bf16_fraction_of_bf16_matmul"] = fraction(
+        "adam_step_bf16", "bf16"
+    )
+    results["bf16_over_fp32_step"] = _median_ratio(
+        zip(times["adam_step_bf16"], times["adam_step"])
+    )
+    return results
 
 
 def bench_pipeline(step_ms):
@@ -401,13 +424,22 @@ def _print_table(results):
         f"{100 * results['mlp_fraction_of_matmul']:.0f}% of the matmul's "
         f"(XLA: {100 * results['mlp_xla_fraction_of_matmul']:.0f}%)"
     )
-    c = results["mlp_ceiling"]
+    c = results["mlp_limits"]
     print(
-        f"MLP step's eight matmuls alone: {c['step_matmuls_ms']:.2f} ms, "
-        f"{100 * c['step_matmuls_fraction_of_matmul']:.0f}% of the matmul's "
-        f"GFLOP/s (the step's ceiling); whole step with SGD instead of Adam: "
-        f"{c['sgd_step_ms']:.2f} ms, "
+        f"MLP step, same rounds, against the {c['matmul_2048_fp32_gflops']:.0f}"
+        f" GFLOP/s fp32 matmul: its eight matmuls alone "
+        f"{c['step_matmuls_ms']:.2f} ms = "
+        f"{100 * c['step_matmuls_fraction_of_matmul']:.0f}% (the ceiling); "
+        f"Adam {c['adam_step_ms']:.2f} ms = "
+        f"{100 * c['adam_step_fraction_of_matmul']:.0f}%; SGD "
+        f"{c['sgd_step_ms']:.2f} ms = "
         f"{100 * c['sgd_step_fraction_of_matmul']:.0f}%"
+    )
+    print(
+        f"MLP step under mixed_bfloat16: {c['adam_step_bf16_ms']:.2f} ms, "
+        f"{c['bf16_over_fp32_step']:.2f}x the float32 step's time; "
+        f"{100 * c['adam_step_bf16_fraction_of_bf16_matmul']:.0f}% of the "
+        f"{c['matmul_2048_bf16_gflops']:.0f} GFLOP/s bf16 matmul"
     )
     p = results["pipeline"]
     print(
@@ -441,7 +473,7 @@ def main():
         _mlp_gflops(mlp["ours_xla_ms"]) / peak
     )
     if "--steps-only" not in sys.argv:  # run_all.py's oneDNN comparison
-        results["mlp_ceiling"] = bench_mlp_ceiling()
+        results["mlp_limits"] = bench_mlp_limits()
         digits = results["steps"]["mlp_digits_64-256-256-10_b32"]
         results["pipeline"] = bench_pipeline(digits["ours_ms"])
         results["default_run"] = bench_default_run()
