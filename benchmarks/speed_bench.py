@@ -251,6 +251,65 @@ def _step_matmuls(batch=512, sizes=(784, 1024, 1024, 10)):
     return matmuls
 
 
+def bench_matmul_shapes(batch=512, sizes=(784, 1024, 1024, 10)):
+    """Each of the MLP step's eight matmuls alone, as used and at its best.
+
+    "As used" is in the transposes `mylayers.Linear` and its autodiff
+    gradient use; "best" is the fastest of the four transpose variants of
+    the same product, so the best total is what any kernel layout could
+    hope for. Fractions are of the 2048^2 fp32 matmul, interleaved.
+    """
+    products = []  # (name, m, k, n, transpose_a, transpose_b) as used
+    for i, (fan_in, units) in enumerate(zip(sizes, sizes[1:]), 1):
+        products.append((f"forward {i}", batch, fan_in, units, False, True))
+        products.append((f"dW {i}", units, batch, fan_in, True, False))
+        if i > 1:
+            products.append((f"dx {i}", batch, units, fan_in, False, False))
+
+    def product(m, k, n, transpose_a, transpose_b):
+        a = tf.random.normal((k, m) if transpose_a else (m, k))
+        b = tf.random.normal((n, k) if transpose_b else (k, n))
+        return tf.function(
+            lambda: tf.reduce_sum(
+                tf.matmul(
+                    a, b, transpose_a=transpose_a, transpose_b=transpose_b
+                )
+            )
+        )
+
+    runs = {"reference": _timed(_reference_matmul(tf.float32), 20)}
+    for name, m, k, n, *_ in products:
+        for ta in (False, True):
+            for tb in (False, True):
+                runs[(name, ta, tb)] = _timed(product(m, k, n, ta, tb), 30)
+    times = {
+        key: statistics.median(values)
+        for key, values in _interleave(runs).items()
+    }
+    peak = 2 * 2048**3 / times.pop("reference") / 1e9
+    shapes, used_total, best_total = [], 0.0, 0.0
+    for name, m, k, n, ta, tb in products:
+        used = times[(name, ta, tb)]
+        best = min(
+            times[(name, a, b)] for a in (False, True) for b in (False, True)
+        )
+        used_total, best_total = used_total + used, best_total + best
+        shapes.append(
+            {
+                "product": f"{name}: {m}x{k}x{n}",
+                "as_used_ms": 1e3 * used,
+                "as_used_fraction": 2 * m * k * n / used / 1e9 / peak,
+                "best_fraction": 2 * m * k * n / best / 1e9 / peak,
+            }
+        )
+    return {
+        "matmul_2048_gflops": peak,
+        "shapes": shapes,
+        "as_used_fraction": _mlp_gflops(1e3 * used_total) / peak,
+        "best_fraction": _mlp_gflops(1e3 * best_total) / peak,
+    }
+
+
 def bench_mlp_limits():
     """What bounds the MLP 784-1024-1024-10 step at batch 512.
 
@@ -441,6 +500,18 @@ def _print_table(results):
         f"{100 * c['adam_step_bf16_fraction_of_bf16_matmul']:.0f}% of the "
         f"{c['matmul_2048_bf16_gflops']:.0f} GFLOP/s bf16 matmul"
     )
+    m = results["matmul_shapes"]
+    print("the MLP step's matmuls one by one, % of the fp32 matmul:")
+    for shape in m["shapes"]:
+        print(
+            f"  {shape['product']:24} {shape['as_used_ms']:6.3f} ms "
+            f"{100 * shape['as_used_fraction']:4.0f}% as used, "
+            f"{100 * shape['best_fraction']:4.0f}% in the best transposes"
+        )
+    print(
+        f"  all eight: {100 * m['as_used_fraction']:.0f}% as used, "
+        f"{100 * m['best_fraction']:.0f}% in the best transposes"
+    )
     p = results["pipeline"]
     print(
         f"input pipeline: {p['pipeline_batches_per_s']:.0f} batches/s, "
@@ -474,6 +545,7 @@ def main():
     )
     if "--steps-only" not in sys.argv:  # run_all.py's oneDNN comparison
         results["mlp_limits"] = bench_mlp_limits()
+        results["matmul_shapes"] = bench_matmul_shapes()
         digits = results["steps"]["mlp_digits_64-256-256-10_b32"]
         results["pipeline"] = bench_pipeline(digits["ours_ms"])
         results["default_run"] = bench_default_run()
