@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 
 import tensorflow as tf
 
@@ -138,6 +139,43 @@ def split_batch(strategy, batch):
         )
 
     return strategy.experimental_distribute_values_from_function(replica_slice)
+
+
+# The signals the trainer stops on, in the order `agreed_signal` prefers.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def agreed_signal(strategy):
+    """Returns `agree(received)`: the stop signal, the same on every worker.
+
+    `received` is this worker's list of signal numbers received so far;
+    `agree` returns the signal that stops the run, or 0. A signal reaches
+    one worker, but every save runs collectives on all of them, so they
+    must all stop, and save, at the same step: each call all-reduces one
+    flag per signal in `STOP_SIGNALS` (SIGTERM wins), and every worker must
+    make the call at the same point of the loop.
+
+    Written by hand because `tf.distribute.experimental.
+    PreemptionCheckpointHandler`, which does this for multi-worker runs,
+    also restores at creation and saves and exits on its own, outside the
+    trainer's checkpoint state, its damaged-checkpoint fallback and its
+    exit codes; and it does not cover one-worker runs.
+    """
+    if worker_info(strategy)[0] == 1:
+        return lambda received: received[0] if received else 0
+
+    def agree(received):
+        flags = tf.constant([float(s in received) for s in STOP_SIGNALS])
+        summed = strategy.reduce(
+            tf.distribute.ReduceOp.SUM,
+            strategy.experimental_distribute_values_from_function(
+                lambda _: flags
+            ),
+            axis=None,
+        ).numpy()
+        return next((int(s) for s, n in zip(STOP_SIGNALS, summed) if n), 0)
+
+    return agree
 
 
 class WorkerLostError(RuntimeError):

@@ -32,14 +32,23 @@ class TrainingDivergedError(RuntimeError):
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint.
 
-    def __init__(self, signum, step, checkpoint):
+    `here` is false on the workers of a multi-worker run that stopped
+    because another worker received the signal.
+    """
+
+    def __init__(self, signum, step, checkpoint, here=True):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        where = "" if here else " on another worker"
+        saved = (
+            f"checkpoint saved to {checkpoint}"
+            if checkpoint
+            else "nothing saved (fast_dev_run)"
+        )
         super().__init__(
-            f"stopped by {signal.Signals(signum).name} at step {step}; "
-            f"checkpoint saved to {checkpoint}. Rerun the same command to "
-            "resume."
+            f"stopped by {signal.Signals(signum).name}{where} at step "
+            f"{step}; {saved}. Rerun the same command to resume."
         )
 
 
@@ -255,6 +264,7 @@ def _train(config, workdir, strategy, writes):
         evaluate_all(eval_data)
         return _metric_values(model, prefix="eval_")
 
+    stop_signal = distribution.agreed_signal(strategy)
     writer = summaries.Writer(workdir) if writes and is_chief else None
     loop_start = time.perf_counter()
     train_logs, eval_logs = {}, {}
@@ -316,8 +326,11 @@ def _train(config, workdir, strategy, writes):
                     writer.write(int(step), scalars)
                 if checkpoints.due():
                     checkpoints.save()
-                if signals:
-                    raise Preempted(signals[0], int(step), checkpoints.save())
+                signum = stop_signal(signals)
+                if signum:
+                    raise Preempted(
+                        signum, int(step), checkpoints.save(), bool(signals)
+                    )
         if not eval_logs or int(step) % steps_per_epoch:
             eval_logs = evaluate()
         checkpoints.save()

@@ -166,6 +166,42 @@ def test_lost_worker_stops_the_survivor_and_the_rerun_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_one_saved_step(tmp_path):
+    """A preempted machine signals one worker only; every save runs
+    collectives on all of them, so they must stop, and save, together.
+    Before they agreed, both died with a raw collective error."""
+    overrides = [
+        "--config.num_epochs=60",
+        "--config.checkpoint_every_steps=100",
+    ]
+    chief, other = _start_workers(tmp_path, *overrides)
+    deadline = time.time() + 180
+    while latest_checkpoint_step(tmp_path) is None and time.time() < deadline:
+        assert chief.poll() is None, chief.stderr.read()[-3000:]
+        time.sleep(0.05)
+    other.send_signal(signal.SIGTERM)
+    stderrs = {}
+    for name, worker in (("chief", chief), ("other", other)):
+        _, stderrs[name] = worker.communicate(timeout=120)
+        assert worker.returncode == 128 + signal.SIGTERM, stderrs[name][-3000:]
+        assert "Traceback" not in stderrs[name]
+    stopped = re.search(
+        r"stopped by SIGTERM on another worker at step (\d+); checkpoint "
+        r"saved to \S+ckpt-\1\. Rerun the same command to resume\.",
+        stderrs["chief"],
+    )
+    assert stopped, stderrs["chief"][-3000:]
+    step = int(stopped.group(1))
+    assert f"stopped by SIGTERM at step {step};" in stderrs["other"]
+    assert latest_checkpoint_step(tmp_path) == step
+
+    outputs = _finish(_start_workers(tmp_path, *overrides))
+    for stdout in outputs:
+        assert f"at step {step}." in stdout
+        assert re.search(r"Done: step=2760\b", stdout)
+
+
+@pytest.mark.slow
 def test_two_workers_equal_one_device_on_a_short_run(tmp_path):
     outputs = _finish(_start_workers(tmp_path / "cluster", *SHORT))
     assert all("Done: step=138" in stdout for stdout in outputs)
