@@ -131,19 +131,26 @@ def test_two_workers_train_the_default_config(tmp_path):
     )
 
 
+# 2,760 steps, long enough to interrupt after the first checkpoint.
+LONG = ["--config.num_epochs=60", "--config.checkpoint_every_steps=100"]
+
+
+def _start_past_first_checkpoint(workdir):
+    """Two workers of a `LONG` run, once the first checkpoint is written."""
+    workers = _start_workers(workdir, *LONG)
+    deadline = time.time() + 180
+    while latest_checkpoint_step(workdir) is None and time.time() < deadline:
+        for worker in workers:
+            assert worker.poll() is None, worker.stderr.read()[-3000:]
+        time.sleep(0.05)
+    return workers
+
+
 @pytest.mark.slow
 def test_lost_worker_stops_the_survivor_and_the_rerun_resumes(tmp_path):
     """A dead peer must end its survivors, not hang them; only killing a
     real worker process shows that."""
-    overrides = [
-        "--config.num_epochs=60",
-        "--config.checkpoint_every_steps=100",
-    ]
-    survivor, victim = _start_workers(tmp_path, *overrides)
-    deadline = time.time() + 180
-    while latest_checkpoint_step(tmp_path) is None and time.time() < deadline:
-        assert survivor.poll() is None, survivor.stderr.read()[-3000:]
-        time.sleep(0.05)
+    survivor, victim = _start_past_first_checkpoint(tmp_path)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed = time.time()
@@ -159,7 +166,7 @@ def test_lost_worker_stops_the_survivor_and_the_rerun_resumes(tmp_path):
     assert "task:1" in message[0]
     resumed_from = latest_checkpoint_step(tmp_path)
 
-    outputs = _finish(_start_workers(tmp_path, *overrides))
+    outputs = _finish(_start_workers(tmp_path, *LONG))
     for stdout in outputs:
         assert f"at step {resumed_from}." in stdout
         assert re.search(r"Done: step=2760\b", stdout)
@@ -170,15 +177,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_saved_step(tmp_path):
     """A preempted machine signals one worker only; every save runs
     collectives on all of them, so they must stop, and save, together.
     Before they agreed, both died with a raw collective error."""
-    overrides = [
-        "--config.num_epochs=60",
-        "--config.checkpoint_every_steps=100",
-    ]
-    chief, other = _start_workers(tmp_path, *overrides)
-    deadline = time.time() + 180
-    while latest_checkpoint_step(tmp_path) is None and time.time() < deadline:
-        assert chief.poll() is None, chief.stderr.read()[-3000:]
-        time.sleep(0.05)
+    chief, other = _start_past_first_checkpoint(tmp_path)
     other.send_signal(signal.SIGTERM)
     stderrs = {}
     for name, worker in (("chief", chief), ("other", other)):
@@ -195,7 +194,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_saved_step(tmp_path):
     assert f"stopped by SIGTERM at step {step};" in stderrs["other"]
     assert latest_checkpoint_step(tmp_path) == step
 
-    outputs = _finish(_start_workers(tmp_path, *overrides))
+    outputs = _finish(_start_workers(tmp_path, *LONG))
     for stdout in outputs:
         assert f"at step {step}." in stdout
         assert re.search(r"Done: step=2760\b", stdout)
