@@ -19,6 +19,10 @@ class NoUsableCheckpointError(RuntimeError):
     """Every checkpoint in the workdir failed to restore."""
 
 
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint is readable but holds a model of other shapes."""
+
+
 def _tf_variables(variables):
     # Keras 3 variables wrap a `tf.Variable`; the checkpoint wants that one.
     return [v.value for v in variables]
@@ -76,6 +80,7 @@ def restore_latest(checkpoint, checkpoint_manager):
     """Restores the newest checkpoint that loads; returns its path or None.
 
     Raises:
+        CheckpointMismatchError: the newest checkpoint holds other shapes.
         NoUsableCheckpointError: checkpoints exist but none could be read.
     """
     paths = list(reversed(checkpoint_manager.checkpoints))
@@ -85,6 +90,15 @@ def restore_latest(checkpoint, checkpoint_manager):
         # A damaged file surfaces as any of these, depending on where the
         # damage is; a later successful restore overwrites every object.
         except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+            if "incompatible tensor with shape" in str(e):
+                # Not damage: every checkpoint of the run has these shapes.
+                raise CheckpointMismatchError(
+                    f"checkpoint {path} does not fit the model of this "
+                    f"config ({' '.join(str(e).split())}): the config "
+                    "changes the model's shapes, which a run cannot resume "
+                    "with. Resume with the config the run was started with, "
+                    "or use a new --workdir."
+                ) from None
             logging.warning(
                 "Checkpoint %s is damaged (%s); trying the previous one.",
                 path,

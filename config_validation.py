@@ -4,10 +4,17 @@ Each failure is a `ConfigError` whose message is one line naming the field,
 the value received and what is allowed; `train.py` prints it and exits 2.
 """
 
+import math
+import os
+
 import distribution
 import input_pipeline
 import models
 import optimizers
+
+# What the trainer's evaluation reports (its model is compiled with the loss
+# and `accuracy`); `config.best_metric` picks one.
+EVAL_METRICS = ("eval_loss", "eval_accuracy")
 
 
 class ConfigError(ValueError):
@@ -33,7 +40,11 @@ def _int(config, field, minimum):
 
 def _float(config, field, minimum, strict=True, maximum=None):
     value = _get(config, field)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
     if ok:
         ok = value > minimum if strict else value >= minimum
         if maximum is not None:
@@ -53,10 +64,18 @@ def _choice(config, field, choices):
 
 
 def validate(config):
-    """Raises `ConfigError` for the first invalid field of `config`."""
+    """Raises `ConfigError` for the first invalid field of `config`.
+
+    What depends on the data (`max_shift` against the image size, the batch
+    against the replicas) is checked by the trainer once it has the data.
+    """
     _choice(config, "dataset", input_pipeline.PIXEL_MAX)
     data_dir = config.data_dir
-    if data_dir is not None and not isinstance(data_dir, str):
+    if data_dir is not None and (
+        not isinstance(data_dir, str)
+        or not data_dir
+        or os.path.isfile(data_dir)
+    ):
         _fail("data_dir", data_dir, "expected a directory path or None")
     for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
         _int(config, field, 1)
@@ -99,13 +118,15 @@ def validate(config):
             _fail(field, config[field], "expected True or False")
     _choice(config, "missing_gradients", ("raise", "warn"))
 
+    seed = _int(config, "seed", 0)
+    if seed >= 2**32:
+        _fail("seed", seed, "expected an integer from 0 to 2**32 - 1")
     _int(config, "steps_per_loop", 1)
     if not isinstance(config.jit_compile, bool):
         _fail("jit_compile", config.jit_compile, "expected True or False")
     _int(config, "eval_every_epochs", 1)
     _choice(config, "best_mode", ("max", "min"))
-    if not config.best_metric.startswith("eval_"):
-        _fail("best_metric", config.best_metric, "expected an eval_ metric")
+    _choice(config, "best_metric", EVAL_METRICS)
     _int(config, "fast_dev_run", 0)
     _int(config, "overfit_batches", 0)
     _int(config, "checkpoint_every_steps", 0)

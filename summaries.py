@@ -6,15 +6,46 @@ import os
 import tensorflow as tf
 
 
+def read_records(path):
+    """The records of a `metrics.jsonl`, without a line cut off mid-write."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # A write the process did not live to finish.
+            if isinstance(record, dict) and "step" in record:
+                records.append(record)
+    return records
+
+
 class Writer:
     """Writes scalars to TensorBoard (`workdir/tensorboard`) and to
-    `workdir/metrics.jsonl`, one JSON object per call, for scripts."""
+    `workdir/metrics.jsonl`, one JSON object per call, for scripts.
 
-    def __init__(self, workdir):
+    `start_step` is the step the run starts or resumes at: records of later
+    steps in `metrics.jsonl`, written after the checkpoint the run resumes
+    from and about to be trained again, are dropped, so the file holds each
+    step once, in order. (TensorBoard shows the earlier attempt's points
+    beside the new ones.)
+    """
+
+    def __init__(self, workdir, start_step=0):
         self._tb = tf.summary.create_file_writer(
             os.path.join(workdir, "tensorboard")
         )
         self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(self._jsonl_path):
+            kept = [
+                r
+                for r in read_records(self._jsonl_path)
+                if r["step"] <= start_step
+            ]
+            temporary = self._jsonl_path + ".tmp"
+            with open(temporary, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(temporary, self._jsonl_path)
 
     def write(self, step, scalars):
         with self._tb.as_default(step=step):
@@ -36,8 +67,7 @@ def plot_curves(workdir):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+    records = read_records(os.path.join(workdir, "metrics.jsonl"))
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, kind in zip(axes, ("loss", "accuracy")):
         for name in (kind, f"eval_{kind}"):

@@ -35,19 +35,75 @@ def _fail(message):
     sys.exit(2)
 
 
+def _config_path(argv):
+    """The value of `--config` in `argv`, or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _check_config_file(path):
+    """Fails in one line if `path` cannot be a config file at all."""
+    if not os.path.isfile(path):
+        _fail(
+            f"config file {path} does not exist; expected a Python config "
+            "file such as configs/default.py."
+        )
+    if not path.endswith(".py"):
+        _fail(
+            f"--config {path} is not a Python file; expected a config file "
+            "such as configs/default.py (a workdir's config.json is a "
+            "record of its run, not a config file)."
+        )
+
+
 def _parse_flags(argv):
     """absl's own parser prints two lines and exits 1 (or a traceback, for an
-    unknown config field); this prints one line and exits 2."""
+    unknown config field or a broken config file); this prints one line and
+    exits 2."""
+    path = _config_path(argv)
+    if path is not None:
+        _check_config_file(path)
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        _fail(" ".join(str(e).split()))
+        message = " ".join(str(e).split())
+        if "invalid literal for int()" in message:
+            message = message.split(": invalid literal", 1)[0] + (
+                ": expected an integer."
+            )
+        _fail(message)
     except (AttributeError, KeyError) as e:
+        # ml_collections wraps a KeyError('name\nDid you mean ...') in an
+        # AttributeError for a missing field.
+        cause = e.args[0] if e.args else e
+        while isinstance(cause, BaseException) and cause.args:
+            cause = cause.args[0]
+        text = str(cause)
+        if "get_config" in text:
+            _fail(
+                f"config file {path} defines no get_config(); expected one "
+                "that returns an ml_collections.ConfigDict, as "
+                "configs/default.py does."
+            )
+        name, _, hint = text.partition("\n")
+        name = name.strip().strip("'\"")
         overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        hint = f" {hint.strip()}" if hint.strip() else ""
         _fail(
-            f"unknown config field '{str(e).strip(chr(34) + chr(39))}' (in "
-            f"{' '.join(overrides)}); the "
-            "fields are those of the config file's get_config()."
+            f"unknown config field '{name}' (in "
+            f"{' '.join(overrides)}).{hint} The fields are those of the "
+            "config file's get_config()."
+        )
+    except Exception as e:  # noqa: BLE001 - anything the config file raises
+        summary = " ".join(str(e).split())
+        _fail(
+            f"config file {path} could not be loaded ({type(e).__name__}: "
+            f"{summary}); expected a Python file whose get_config() returns "
+            "an ml_collections.ConfigDict, as configs/default.py does."
         )
 
 
@@ -61,6 +117,21 @@ def main(argv):
         config.keys()  # A config file that failed to load raises here.
     except OSError as e:
         _fail(" ".join(str(e).split()))
+    try:
+        _train(config)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (start-up, export); inside it,
+        # the trainer saves and stops by itself.
+        print(flush=True)
+        print(
+            "interrupted by Ctrl-C outside the training loop; no checkpoint "
+            "was changed. Rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        sys.exit(128 + 2)
+
+
+def _train(config):
     # Imported here, after flag parsing, so `--help` and flag errors return
     # without the ~5 s TensorFlow import.
     import checkpointing
@@ -83,16 +154,24 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except (
+        checkpointing.CheckpointMismatchError,
         checkpointing.NoUsableCheckpointError,
         config_validation.ConfigError,
         distribution.DistributionError,
         distribution.WorkerLostError,
         input_pipeline.DatasetUnavailableError,
         workdir.ConfigMismatchError,
+        workdir.WorkdirError,
         workdir.WorkdirInUseError,
     ) as e:
         _fail(str(e))
-    print("Done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    print(
+        "Done: "
+        + ", ".join(
+            f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4g}"
+            for k, v in metrics.items()
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def _create_model(model_config, info):
         # blocks an 8x8 image allows); say it as a config error.
         message = " ".join(str(e).split())
         raise config_validation.ConfigError(
-            f"config.model does not fit {info.input_shape} inputs: {message}"
+            f"config.model is invalid: {message} (building "
+            f"{model_config.name!r} for {info.input_shape} inputs)."
         ) from None
 
 
@@ -174,12 +175,14 @@ def train_and_evaluate(config, workdir, allow_config_change=False):
     Raises:
         config_validation.ConfigError: a config value is invalid.
         input_pipeline.DatasetUnavailableError: the dataset cannot be had.
+        workdir.WorkdirError: `workdir` cannot be created or written.
         workdir.WorkdirInUseError: another trainer is using `workdir`.
+        checkpointing.CheckpointMismatchError: the checkpoint holds a model
+            of other shapes (a config change `allow_config_change` let in).
         workdir.ConfigMismatchError: `workdir` holds a run of another config.
         Preempted: SIGTERM or SIGINT arrived; a checkpoint was saved.
     """
     config_validation.validate(config)
-    workdir = os.path.abspath(workdir)
     # The strategy comes first: multi-worker set-up must precede other ops.
     distribution.split_cpu(config.cpu_devices)
     strategy = distribution.create_strategy(
@@ -187,14 +190,19 @@ def train_and_evaluate(config, workdir, allow_config_change=False):
     )
     if config.fast_dev_run:
         # A smoke run writes nothing: no lock, config, checkpoint or export.
-        return _train(config, workdir, strategy, writes=False)
+        return _train(config, os.path.abspath(workdir), strategy, writes=False)
     _, worker_index, is_chief = distribution.worker_info(strategy)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = workdir_guard.prepare(workdir)
     # Each worker of a multi-worker run holds its own lock in the workdir.
     lock_name = "lock" if is_chief else f"lock.worker-{worker_index}"
     with workdir_guard.lock(workdir, lock_name):
-        workdir_guard.check_and_save_config(
-            workdir, config.to_json(), allow_config_change, write=is_chief
+        workdir_guard.check_config(
+            workdir,
+            config.to_json(),
+            allow_config_change,
+            has_checkpoint=os.path.exists(
+                os.path.join(workdir, "checkpoints", "checkpoint")
+            ),
         )
         return _train(config, workdir, strategy, writes=True)
 
@@ -221,6 +229,14 @@ def _train(config, workdir, strategy, writes):
         max_shift=config.max_shift,
         overfit_batches=config.overfit_batches,
     )
+    height, width = info.input_shape[:2]
+    most = (min(height, width) - 1) // 2
+    if config.max_shift > most:
+        raise config_validation.ConfigError(
+            f"config.max_shift={config.max_shift} is invalid: expected at "
+            f"most {most} for {height}x{width} images (a larger shift moves "
+            "most of the image out of view)."
+        )
     if config.fast_dev_run:
         steps_per_epoch = total_steps = config.fast_dev_run
         eval_data = eval_data.take(config.fast_dev_run)
@@ -250,6 +266,16 @@ def _train(config, workdir, strategy, writes):
         config, workdir, state, step, strategy, total_steps, writes
     )
     checkpoints.restore()
+    if int(step) >= total_steps:
+        print(
+            f"The run is already at step {int(step)}, at or past this "
+            f"config's {total_steps} steps: nothing to train. Raise "
+            "--config.num_epochs to train longer."
+        )
+    if writes and is_chief:
+        # Only now: a config that cannot restore the run never replaces the
+        # one that can.
+        workdir_guard.save_config(workdir, config.to_json())
 
     train_steps = make_train_steps(model, strategy, step, config.jit_compile)
 
@@ -265,7 +291,9 @@ def _train(config, workdir, strategy, writes):
         return _metric_values(model, prefix="eval_")
 
     stop_signal = distribution.agreed_signal(strategy)
-    writer = summaries.Writer(workdir) if writes and is_chief else None
+    writer = (
+        summaries.Writer(workdir, int(step)) if writes and is_chief else None
+    )
     loop_start = time.perf_counter()
     train_logs, eval_logs = {}, {}
     with distribution.peers_watched(strategy), _catch_preemption() as signals:

@@ -8,6 +8,37 @@ import os
 RUN_LENGTH_FIELDS = ("num_epochs",)
 
 
+class WorkdirError(RuntimeError):
+    """The workdir cannot be created, read or written."""
+
+
+def prepare(workdir):
+    """Creates `workdir` if needed; returns its absolute path.
+
+    Raises:
+        WorkdirError: the path is empty, or cannot be made a directory.
+    """
+    if not workdir:
+        raise WorkdirError(
+            "--workdir is empty; expected a directory path, such as "
+            "runs/default."
+        )
+    workdir = os.path.abspath(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise _unusable(workdir, e) from None
+    return workdir
+
+
+def _unusable(workdir, error):
+    return WorkdirError(
+        f"workdir {workdir} cannot be used ({error.strerror}: "
+        f"{error.filename}); expected a directory this user can create and "
+        "write to."
+    )
+
+
 class WorkdirInUseError(RuntimeError):
     """Another live trainer holds the workdir."""
 
@@ -26,7 +57,10 @@ def lock(workdir, name="lock"):
         WorkdirInUseError: another process holds the lock.
     """
     path = os.path.join(workdir, name)
-    handle = open(path, "a+")
+    try:
+        handle = open(path, "a+")
+    except OSError as e:
+        raise _unusable(workdir, e) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -63,35 +97,45 @@ def config_differences(saved, current):
     ]
 
 
-def check_and_save_config(workdir, config_json, allow_change, write=True):
-    """Refuses to resume a run under a different config; saves the config.
+def check_config(workdir, config_json, allow_change, has_checkpoint):
+    """Refuses to resume a run under a different config.
 
     Args:
         workdir: The run's directory.
         config_json: The resolved config as a JSON string.
         allow_change: Resume even if fields other than the run length
-            differ (the new config is then saved).
-        write: Save the config (False for the non-chief workers of a
-            multi-worker run, which only check it).
+            differ.
+        has_checkpoint: Whether the workdir holds a checkpoint. Without one
+            there is nothing to resume (a run that failed before its first
+            save), so any config may start afresh.
 
     Raises:
-        ConfigMismatchError: fields differ and `allow_change` is False.
+        ConfigMismatchError: fields differ, a checkpoint would be resumed,
+            and `allow_change` is False.
     """
     path = os.path.join(workdir, "config.json")
-    current = json.loads(config_json)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        differences = config_differences(saved, current)
-        if differences and not allow_change:
-            raise ConfigMismatchError(
-                f"workdir {workdir} holds a run started with a different "
-                f"config ({'; '.join(differences)}); use a new --workdir, or "
-                "pass --allow_config_change to resume with the new config."
-            )
-    if not write:
+    if not (has_checkpoint and os.path.exists(path)):
         return
+    with open(path) as f:
+        saved = json.load(f)
+    differences = config_differences(saved, json.loads(config_json))
+    if differences and not allow_change:
+        raise ConfigMismatchError(
+            f"workdir {workdir} holds a run started with a different "
+            f"config ({'; '.join(differences)}); use a new --workdir, or "
+            "pass --allow_config_change to resume with the new config."
+        )
+
+
+def save_config(workdir, config_json):
+    """Writes `config.json`; called once the run's checkpoint (if any) has
+    been restored under this config, so a config that cannot resume the run
+    never replaces the one that can."""
+    path = os.path.join(workdir, "config.json")
     temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as f:
+            json.dump(json.loads(config_json), f, indent=2, sort_keys=True)
+        os.replace(temporary, path)
+    except OSError as e:
+        raise _unusable(workdir, e) from None

@@ -77,6 +77,8 @@ def test_sigkill_then_resume_is_byte_identical(
     assert f"at step {killed_at}." in result.stdout
     for ours, reference in zip(_weights(tmp_path), uninterrupted):
         np.testing.assert_array_equal(ours, reference)
+    # Steps logged after the checkpoint and trained again are logged once.
+    assert logged_steps(tmp_path) == list(range(1, 145))
 
 
 @pytest.mark.slow
@@ -162,3 +164,71 @@ def test_resume_with_other_config_is_refused(tmp_path):
     )
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     assert "Done: step=138" in allowed.stdout
+
+
+def _error_lines(result):
+    return [
+        line for line in result.stderr.splitlines() if line.startswith("error:")
+    ]
+
+
+def test_model_change_with_allow_config_change_keeps_the_run(tmp_path):
+    """A config that changes the model's shapes cannot resume the run: it
+    must say so (not call good checkpoints damaged) and leave config.json
+    as it was, so the original command still resumes."""
+    tiny = ["--config.model.hidden_units=(16,)", "--config.num_epochs=1"]
+    assert run(tmp_path, *tiny).returncode == 0
+    saved = (tmp_path / "config.json").read_text()
+
+    changed = run(
+        tmp_path,
+        "--config.model.hidden_units=(32,)",
+        "--config.num_epochs=2",
+        "--allow_config_change",
+    )
+    assert changed.returncode == 2
+    assert "Traceback" not in changed.stderr
+    assert "damaged" not in changed.stderr
+    [message] = _error_lines(changed)
+    assert "ckpt-46 does not fit the model of this config" in message
+    assert (tmp_path / "config.json").read_text() == saved
+
+    resumed = run(tmp_path, tiny[0], "--config.num_epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 46." in resumed.stdout
+
+
+def test_workdir_without_checkpoint_takes_a_new_config(tmp_path):
+    """A run that failed before its first save left config.json but nothing
+    to resume: a corrected config must start afresh, not be refused."""
+    (tmp_path / "config.json").write_text('{"learning_rate": 123.0}')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 40, "loss": 1.0}\n')
+    tiny = ["--config.model.hidden_units=(16,)", "--config.num_epochs=1"]
+    result = run(tmp_path, *tiny)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"learning_rate": 0.003' in (tmp_path / "config.json").read_text()
+    # The failed attempt's records are gone; this run's are in order.
+    assert logged_steps(tmp_path) == [46]
+
+
+def test_half_written_metrics_line_does_not_break_the_resume(tmp_path):
+    tiny = ["--config.model.hidden_units=(16,)", "--config.num_epochs=1"]
+    assert run(tmp_path, *tiny).returncode == 0
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 50, "loss": 0.')  # cut off mid-write
+    result = run(tmp_path, tiny[0], "--config.num_epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "curves.png").exists()
+    assert logged_steps(tmp_path) == [46, 92]
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        assert line.endswith("}")
+
+
+def test_rerun_past_the_end_says_there_is_nothing_to_train(tmp_path):
+    tiny = ["--config.model.hidden_units=(16,)", "--config.num_epochs=2"]
+    assert run(tmp_path, *tiny).returncode == 0
+    shorter = run(tmp_path, tiny[0], "--config.num_epochs=1")
+    assert shorter.returncode == 0, shorter.stderr[-3000:]
+    assert "already at step 92, at or past this config's 46 steps" in (
+        shorter.stdout
+    )
