@@ -94,10 +94,11 @@ def restore_latest(checkpoint, checkpoint_manager):
                 # Not damage: every checkpoint of the run has these shapes.
                 raise CheckpointMismatchError(
                     f"checkpoint {path} does not fit the model of this "
-                    f"config ({' '.join(str(e).split())}): the config "
-                    "changes the model's shapes, which a run cannot resume "
-                    "with. Resume with the config the run was started with, "
-                    "or use a new --workdir."
+                    f"config ({' '.join(str(e).split())}): the config, or "
+                    "the model's code, changed the model's shapes since the "
+                    "run was saved, and a run cannot resume with other "
+                    "shapes. Resume with the config and code the run was "
+                    "started with, or use a new --workdir."
                 ) from None
             logging.warning(
                 "Checkpoint %s is damaged (%s); trying the previous one.",

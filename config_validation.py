@@ -88,7 +88,8 @@ def validate(config):
         values = config.model.get(field, ())  # `filters`: CNNs only
         if not all(isinstance(v, int) and v >= 1 for v in values):
             _fail(f"model.{field}", values, "expected positive integers")
-    _float(config, "model.dropout", 0.0, strict=False, maximum=1.0)
+    if "dropout" in config.model:  # Architectures may have none.
+        _float(config, "model.dropout", 0.0, strict=False, maximum=1.0)
 
     _choice(config, "optimizer", optimizers.OPTIMIZERS)
     _float(config, "learning_rate", 0.0)

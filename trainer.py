@@ -11,8 +11,10 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
+import traceback
 
 import keras
 import tensorflow as tf
@@ -95,8 +97,24 @@ def _create_model(model_config, info):
         message = " ".join(str(e).split())
         raise config_validation.ConfigError(
             f"config.model is invalid: {message} (building "
-            f"{model_config.name!r} for {info.input_shape} inputs)."
+            f"{model_config.name!r} for {info.input_shape} inputs"
+            f"{_raised_at(e)})."
         ) from None
+
+
+def _raised_at(error):
+    """`; raised at FILE:LINE`, the innermost frame of the project's (or the
+    user's) own code in `error`'s traceback, or "" if there is none: when
+    the model's own code is wrong, that is where to look."""
+    frames = traceback.extract_tb(error.__traceback__)
+    for frame in reversed(frames):
+        path = os.path.abspath(frame.filename)
+        if "site-packages" not in path and not path.startswith(sys.prefix):
+            relative = os.path.relpath(path)
+            if not relative.startswith(os.pardir):
+                path = relative
+            return f"; raised at {path}:{frame.lineno}"
+    return ""
 
 
 def _create_optimizer(config, total_steps):

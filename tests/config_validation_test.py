@@ -81,7 +81,7 @@ BAD = [
     (
         "--config.model.activation=relux",
         "config.model is invalid: Could not interpret activation function "
-        "identifier: relux",
+        "identifier: relux (building 'mlp' for (8, 8, 1) inputs; raised at ",
     ),
 ]
 
@@ -178,3 +178,11 @@ def test_validate_rejects_in_process(field, value):
     config[field] = value
     with pytest.raises(config_validation.ConfigError, match=f"config.{field}="):
         config_validation.validate(config)
+
+
+def test_architecture_without_dropout_validates():
+    """`model.dropout` is the built-in architectures' field, not a required
+    one: a user's architecture may have none."""
+    config = default.get_config()
+    del config.model["dropout"]
+    config_validation.validate(config)

@@ -211,7 +211,13 @@ def test_cli_covers_every_public_layer():
         if isinstance(getattr(mylayers, name), type)
         and issubclass(getattr(mylayers, name), keras.layers.Layer)
     }
-    assert public == {type(layer) for layer, _, _ in cli_cases()}
+    checked = {type(layer) for layer, _, _ in cli_cases()}
+    assert public <= checked, (
+        f"add {sorted(c.__name__ for c in public - checked)} to cli_cases() "
+        "in mylayers/gradcheck.py, so `python -m mylayers.gradcheck` checks "
+        "them"
+    )
+    assert checked <= public
 
 
 @pytest.mark.slow
@@ -230,3 +236,46 @@ def test_cli_checks_every_layer():
     targets = {line.split()[0] for line in lines[1:-2]}
     assert len(targets) == len(cli_cases())
     assert lines[-1].endswith(": 0 failed, 3 skipped.")
+
+
+def test_functional_model_with_ops_is_cast_and_checked():
+    """`x + h` and `keras.ops` calls are graph ops, not layers: casting the
+    model to float64 must not give them a dtype."""
+    inputs = keras.Input((4,))
+    hidden = mylayers.Linear(4, activation="tanh")(inputs)
+    outputs = keras.ops.tanh(mylayers.Linear(3)(inputs + hidden))
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+    report = mylayers.gradcheck(model, x, order=2)
+    assert report.ok
+    checked = {row.tensor for row in report.rows}
+    assert {"inputs", *(v.path for v in model.trainable_variables)} <= checked
+
+
+class _ForgotBatchSum(keras.layers.Layer):
+    """y = x * gamma, with the numpy slip of not summing dgamma over the
+    batch: a (batch, d) gradient for a (d,) weight."""
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],))
+
+    def call(self, x):
+        @tf.custom_gradient
+        def scale(x, gamma):
+            return x * gamma, lambda dy: (dy * gamma, dy * x)
+
+        return scale(x, self.gamma.value)
+
+
+@pytest.mark.parametrize("jacobian", ["full", "projection"])
+def test_wrong_shape_gradient_is_named(jacobian):
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+    layer = _ForgotBatchSum()
+    with pytest.raises(mylayers.GradcheckError) as caught:
+        mylayers.gradcheck(layer, x, order=2, jacobian=jacobian)
+    message = str(caught.value)
+    assert (
+        f"FAIL: gradient of shape (3, 5), expected (5,) (that of "
+        f"{layer.gamma.path})" in message
+    )
+    assert "skipped (a first-order gradient has the wrong shape)" in message

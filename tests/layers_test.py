@@ -54,6 +54,10 @@ def test_every_public_layer_is_covered():
         if isinstance(getattr(mylayers, name), type)
         and issubclass(getattr(mylayers, name), keras.layers.Layer)
     }
+    assert layers <= set(ALL_LAYERS), (
+        f"add {sorted(layers - set(ALL_LAYERS))} to LAYERS or IMAGE_LAYERS "
+        "in tests/layers_test.py: every public layer gets these tests"
+    )
     assert layers == set(ALL_LAYERS)
 
 
