@@ -213,30 +213,18 @@ def gradcheck(
             continue
         first = checker.first_order(mode, jacobian)
         rows += first
-        if order == 2:
-            if any("gradient of shape" in row.status for row in first):
-                rows.append(
-                    Row(
-                        t.name,
-                        "*",
-                        mode,
-                        "order 2",
-                        status="skipped (a first-order gradient has the "
-                        "wrong shape)",
-                    )
-                )
-            elif t.differentiable_twice:
-                rows += checker.second_order(mode, jacobian)
-            else:
-                rows.append(
-                    Row(
-                        t.name,
-                        "*",
-                        mode,
-                        "order 2",
-                        status=("skipped (differentiable_twice=False)"),
-                    )
-                )
+        if order != 2:
+            continue
+        if any("gradient of shape" in row.status for row in first):
+            skipped = "a first-order gradient has the wrong shape"
+        elif not t.differentiable_twice:
+            skipped = "differentiable_twice=False"
+        else:
+            rows += checker.second_order(mode, jacobian)
+            continue
+        rows.append(
+            Row(t.name, "*", mode, "order 2", status=f"skipped ({skipped})")
+        )
     report = GradcheckReport(rows)
     if not report.ok:
         raise GradcheckError(report)
