@@ -100,12 +100,7 @@ class Conv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        in_channels = input_shape[-1]
-        if in_channels is None:
-            raise ValueError(
-                f"{type(self).__name__} '{self.name}' needs a known channel "
-                f"axis. Received: input_shape={input_shape}"
-            )
+        in_channels = _checks.known_last_axis(self, input_shape, "channel axis")
         self.kernel = self.add_weight(
             name="kernel",
             shape=(*self.kernel_size, in_channels, self.filters),

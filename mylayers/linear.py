@@ -60,12 +60,7 @@ class Linear(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        input_dim = input_shape[-1]
-        if input_dim is None:
-            raise ValueError(
-                f"{type(self).__name__} '{self.name}' needs a known last "
-                f"input axis. Received: input_shape={input_shape}"
-            )
+        input_dim = _checks.known_last_axis(self, input_shape)
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.units, input_dim),

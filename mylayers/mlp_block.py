@@ -57,12 +57,7 @@ class MLPBlock(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        features = input_shape[-1]
-        if features is None:
-            raise ValueError(
-                f"{type(self).__name__} '{self.name}' needs a known last "
-                f"input axis. Received: input_shape={input_shape}"
-            )
+        features = _checks.known_last_axis(self, input_shape)
         self.out = Linear(features, dtype=self.dtype_policy, name="out")
         self.norm.build(input_shape)
         self.hidden.build(input_shape)

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from mylayers import _checks
+
 
 @keras.saving.register_keras_serializable(package="mylayers")
 class RMSNorm(keras.layers.Layer):
@@ -50,12 +52,7 @@ class RMSNorm(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        features = input_shape[-1]
-        if features is None:
-            raise ValueError(
-                f"{type(self).__name__} '{self.name}' needs a known last "
-                f"input axis. Received: input_shape={input_shape}"
-            )
+        features = _checks.known_last_axis(self, input_shape)
         self.scale = self.add_weight(
             name="scale",
             shape=(features,),
