@@ -146,6 +146,13 @@ def _start_past_first_checkpoint(workdir):
     return workers
 
 
+def _assert_rerun_resumes(workdir, step):
+    """Both workers, started again, resume at `step` and finish the run."""
+    for stdout in _finish(_start_workers(workdir, *LONG)):
+        assert f"at step {step}." in stdout
+        assert re.search(r"Done: step=2760\b", stdout)
+
+
 @pytest.mark.slow
 def test_lost_worker_stops_the_survivor_and_the_rerun_resumes(tmp_path):
     """A dead peer must end its survivors, not hang them; only killing a
@@ -164,12 +171,7 @@ def test_lost_worker_stops_the_survivor_and_the_rerun_resumes(tmp_path):
     assert len(message) == 1
     assert "lost contact with /job:worker" in message[0]
     assert "task:1" in message[0]
-    resumed_from = latest_checkpoint_step(tmp_path)
-
-    outputs = _finish(_start_workers(tmp_path, *LONG))
-    for stdout in outputs:
-        assert f"at step {resumed_from}." in stdout
-        assert re.search(r"Done: step=2760\b", stdout)
+    _assert_rerun_resumes(tmp_path, latest_checkpoint_step(tmp_path))
 
 
 @pytest.mark.slow
@@ -193,11 +195,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_saved_step(tmp_path):
     step = int(stopped.group(1))
     assert f"stopped by SIGTERM at step {step};" in stderrs["other"]
     assert latest_checkpoint_step(tmp_path) == step
-
-    outputs = _finish(_start_workers(tmp_path, *LONG))
-    for stdout in outputs:
-        assert f"at step {step}." in stdout
-        assert re.search(r"Done: step=2760\b", stdout)
+    _assert_rerun_resumes(tmp_path, step)
 
 
 @pytest.mark.slow
