@@ -1,6 +1,9 @@
 """Tests for `mylayers.gradcheck`, its failure table and its CLI."""
 
+import doctest
+import importlib
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -12,8 +15,8 @@ import tensorflow as tf
 
 import mylayers
 from mylayers import gradcheck as gradcheck_module_function
-from mylayers.gradcheck import cli_cases
-from mylayers.gradcheck import main as cli_main
+from mylayers.gradcheck.__main__ import cli_cases
+from mylayers.gradcheck.__main__ import main as cli_main
 
 X = np.random.default_rng(0).uniform(-0.9, 0.9, size=(2, 3))
 
@@ -194,7 +197,7 @@ def test_invalid_arguments(kwargs, argument):
 
 def test_cli_main_fails_with_table(monkeypatch, capsys):
     monkeypatch.setattr(
-        sys.modules["mylayers.gradcheck"],
+        sys.modules["mylayers.gradcheck.__main__"],
         "cli_cases",
         lambda: [(BrokenLinear(2, "sign", name="broken"), (2, 3), 1)],
     )
@@ -214,8 +217,8 @@ def test_cli_covers_every_public_layer():
     checked = {type(layer) for layer, _, _ in cli_cases()}
     assert public <= checked, (
         f"add {sorted(c.__name__ for c in public - checked)} to cli_cases() "
-        "in mylayers/gradcheck.py, so `python -m mylayers.gradcheck` checks "
-        "them"
+        "in mylayers/gradcheck/__main__.py, so `python -m "
+        "mylayers.gradcheck` checks them"
     )
     assert checked <= public
 
@@ -279,3 +282,23 @@ def test_wrong_shape_gradient_is_named(jacobian):
         f"{layer.gamma.path})" in message
     )
     assert "skipped (a first-order gradient has the wrong shape)" in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        f"mylayers.gradcheck.{info.name}"
+        for info in pkgutil.iter_modules(
+            importlib.import_module("mylayers.gradcheck").__path__
+        )
+    ),
+)
+def test_submodule_docstring_examples(name):
+    """tests/docstrings_test.py walks `mylayers` one level deep; this runs
+    the `>>>` examples of the gradcheck subpackage's own modules."""
+    result = doctest.testmod(
+        importlib.import_module(name),
+        extraglobs={"tf": tf},
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+    )
+    assert result.failed == 0

@@ -4,7 +4,7 @@ Hessian-vector products, and their comparison."""
 import numpy as np
 import tensorflow as tf
 
-from mylayers.gradcheck_report import Row
+from mylayers.gradcheck.report import Row
 
 
 def compile_mode(fn, mode):
