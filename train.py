@@ -134,37 +134,21 @@ def main(argv):
 def _train(config):
     # Imported here, after flag parsing, so `--help` and flag errors return
     # without the ~5 s TensorFlow import.
-    import checkpointing
-    import config_validation
-    import distribution
-    import input_pipeline
-    import trainer
-    import workdir
+    import template_trainer
+    import template_trainer.progress
 
     try:
-        metrics = trainer.train_and_evaluate(
+        metrics = template_trainer.train_and_evaluate(
             config, FLAGS.workdir, FLAGS.allow_config_change
         )
-    except trainer.Preempted as e:
-        print(flush=True)  # End the progress bar's line.
-        print(str(e), file=sys.stderr)
-        sys.exit(128 + e.signum)  # The shell's convention for a signal.
-    except trainer.TrainingDivergedError as e:
-        print(flush=True)  # End the progress bar's line.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except (
-        checkpointing.CheckpointMismatchError,
-        checkpointing.NoUsableCheckpointError,
-        config_validation.ConfigError,
-        distribution.DistributionError,
-        distribution.WorkerLostError,
-        input_pipeline.DatasetUnavailableError,
-        workdir.ConfigMismatchError,
-        workdir.WorkdirError,
-        workdir.WorkdirInUseError,
-    ) as e:
-        _fail(str(e))
+    except template_trainer.RunError as e:
+        # Every error that ends a run says why in one line, and has its
+        # exit code: 2 for input to change, 1 for a failed run, 128 + N for
+        # signal N (the shell's convention).
+        if template_trainer.progress.interactive():
+            print(flush=True)  # End the progress bar's line.
+        print(f"{e.label}{e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     print(
         "Done: "
         + ", ".join(

@@ -32,6 +32,6 @@ def get_config(dataset, num_epochs):
 
     # training loop
     config.steps_per_loop = 100
-    config.eval_every_epochs = 1
+    config.val_every_epochs = 1
 
     return config

@@ -39,6 +39,6 @@ def get_config():
     # `max_shift` are learnt in far fewer epochs than the MLP needs.
     # 40 epochs (1,840 steps) take 9-10 s here, TensorFlow's start included.
     config.num_epochs = 40
-    config.eval_every_epochs = 5
+    config.val_every_epochs = 5
 
     return config

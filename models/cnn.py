@@ -4,17 +4,7 @@ import keras
 
 import mylayers
 from models.custom_model import CustomModel
-
-
-def _check_positive_ints(name, values):
-    if not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1
-        for v in values
-    ):
-        raise ValueError(
-            f"CNNClassifier expected positive integers for `{name}`. "
-            f"Received: {name}={values!r}"
-        )
+from mylayers import checks
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -48,13 +38,9 @@ class CNNClassifier(CustomModel):
         dropout=0.0,
         **kwargs,
     ):
-        _check_positive_ints("filters", filters)
-        _check_positive_ints("hidden_units", hidden_units)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"CNNClassifier expected 0 <= dropout < 1. Received: "
-                f"dropout={dropout}"
-            )
+        checks.positive_ints(self, "filters", filters)
+        checks.positive_ints(self, "hidden_units", hidden_units)
+        checks.dropout_rate(self, dropout)
         input_shape = tuple(input_shape)
         if len(input_shape) != 3 or min(input_shape[:2]) < 2 ** len(filters):
             raise ValueError(

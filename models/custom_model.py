@@ -186,6 +186,13 @@ class CustomModel(keras.Model):
         return dict(self._step_state.variables)
 
     @property
+    def non_finite_counters(self):
+        """The non-finite guard's `tf.Variable`s, for checkpoints:
+        `(non_finite_steps, consecutive_non_finite)`, or `()` when
+        `max_consecutive_non_finite` is off."""
+        return self._step_state.non_finite_counters
+
+    @property
     def metrics(self):
         # Our tracker replaces Keras's, which shares its name "loss".
         others = [m for m in super().metrics if m.name != "loss"]

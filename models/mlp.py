@@ -4,6 +4,7 @@ import keras
 
 import mylayers
 from models.custom_model import CustomModel
+from mylayers import checks
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -32,11 +33,8 @@ class MLPClassifier(CustomModel):
         dropout=0.0,
         **kwargs,
     ):
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"MLPClassifier expected 0 <= dropout < 1. Received: "
-                f"dropout={dropout}"
-            )
+        checks.positive_ints(self, "hidden_units", hidden_units)
+        checks.dropout_rate(self, dropout)
         inputs = keras.Input(shape=tuple(input_shape), name="image")
         x = keras.layers.Flatten()(inputs)
         for units in hidden_units:

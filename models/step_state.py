@@ -11,19 +11,19 @@ import keras
 import tensorflow as tf
 
 from models import step_parts
+from mylayers import checks
 
 MISSING_GRADIENTS = ("raise", "warn")
 
 
 def _check_int(name, value, minimum):
-    ok = value is None or (
-        isinstance(value, int) and not isinstance(value, bool)
+    checks.require(
+        value is None or checks.is_int(value, minimum),
+        "CustomModel.compile",
+        name,
+        value,
+        f"None or an integer >= {minimum}",
     )
-    if not ok or (value is not None and value < minimum):
-        raise ValueError(
-            f"CustomModel.compile expected None or an integer >= {minimum} "
-            f"for `{name}`. Received: {name}={value!r}"
-        )
 
 
 def _layer_path(variable):
@@ -57,12 +57,14 @@ def check_options(
     missing_gradients,
 ):
     """Raises `ValueError` for an invalid `CustomModel.compile` option."""
-    if global_clipnorm is not None and not global_clipnorm > 0:
-        raise ValueError(
-            "CustomModel.compile expected None or a positive number for "
-            f"`global_clipnorm`. Received: global_clipnorm="
-            f"{global_clipnorm!r}"
-        )
+    checks.require(
+        global_clipnorm is None
+        or checks.is_number(global_clipnorm, 0, strict=True),
+        "CustomModel.compile",
+        "global_clipnorm",
+        global_clipnorm,
+        "None or a positive number",
+    )
     _check_int("gradient_accumulation_steps", gradient_accumulation_steps, 2)
     _check_int("max_consecutive_non_finite", max_consecutive_non_finite, 1)
     if missing_gradients not in MISSING_GRADIENTS:
@@ -157,6 +159,16 @@ class StepState:
         if max_consecutive_non_finite:
             for name in ("non_finite_steps", "consecutive_non_finite"):
                 self.variables[name] = _variable(name, 0, "int64")
+
+    @property
+    def non_finite_counters(self):
+        """The guard's counters, or `()` when the guard is off."""
+        if not self.max_consecutive_non_finite:
+            return ()
+        return (
+            self.variables["non_finite_steps"],
+            self.variables["consecutive_non_finite"],
+        )
 
     @property
     def config(self):

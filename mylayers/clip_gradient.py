@@ -1,9 +1,9 @@
 """Identity forward, norm-clipped gradient backward."""
 
-import math
-
 import keras
 import tensorflow as tf
+
+from mylayers import checks
 
 
 @tf.custom_gradient
@@ -61,16 +61,13 @@ class ClipGradient(keras.layers.Layer):
 
     def __init__(self, max_norm=1.0, **kwargs):
         super().__init__(**kwargs)
-        if (
-            not isinstance(max_norm, (int, float))
-            or isinstance(max_norm, bool)
-            or not math.isfinite(max_norm)
-            or max_norm <= 0
-        ):
-            raise ValueError(
-                f"{type(self).__name__} expected a finite, positive float "
-                f"for `max_norm`. Received: max_norm={max_norm!r}"
-            )
+        checks.require(
+            checks.is_number(max_norm, minimum=0, strict=True),
+            self,
+            "max_norm",
+            max_norm,
+            "a finite, positive float",
+        )
         self.max_norm = float(max_norm)
 
     def call(self, inputs):

@@ -3,19 +3,16 @@
 import keras
 import tensorflow as tf
 
-from mylayers import _checks
+from mylayers import checks
 
 
 def _positive_pair(layer, argument, value):
     """`value` as `(rows, cols)`, from a positive int or a pair of them."""
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair
-    ):
-        raise ValueError(
-            f"{type(layer).__name__} expected a positive integer or a pair "
-            f"of them for `{argument}`. Received: {argument}={value!r}"
-        )
+    ok = len(pair) == 2 and all(checks.is_int(v, 1) for v in pair)
+    checks.require(
+        ok, layer, argument, value, "a positive integer or a pair of them"
+    )
     return pair
 
 
@@ -89,7 +86,7 @@ class Conv2D(keras.layers.Layer):
                 f'{type(self).__name__} expected padding="same" or "valid". '
                 f"Received: padding={padding!r}"
             )
-        self.filters = _checks.positive_int(self, "filters", filters)
+        self.filters = checks.positive_int(self, "filters", filters)
         self.kernel_size = _positive_pair(self, "kernel_size", kernel_size)
         self.strides = _positive_pair(self, "strides", strides)
         self.padding = padding
@@ -100,7 +97,7 @@ class Conv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        in_channels = _checks.known_last_axis(self, input_shape, "channel axis")
+        in_channels = checks.known_last_axis(self, input_shape, "channel axis")
         self.kernel = self.add_weight(
             name="kernel",
             shape=(*self.kernel_size, in_channels, self.filters),

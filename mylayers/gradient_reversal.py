@@ -1,9 +1,9 @@
 """Identity forward, negated and scaled gradient backward."""
 
-import math
-
 import keras
 import tensorflow as tf
+
+from mylayers import checks
 
 
 @tf.custom_gradient
@@ -56,16 +56,13 @@ class GradientReversal(keras.layers.Layer):
 
     def __init__(self, scale=1.0, **kwargs):
         super().__init__(**kwargs)
-        if (
-            not isinstance(scale, (int, float))
-            or isinstance(scale, bool)
-            or not math.isfinite(scale)
-            or scale < 0
-        ):
-            raise ValueError(
-                f"{type(self).__name__} expected a finite, non-negative "
-                f"float for `scale`. Received: scale={scale!r}"
-            )
+        checks.require(
+            checks.is_number(scale, minimum=0),
+            self,
+            "scale",
+            scale,
+            "a finite, non-negative float",
+        )
         self.scale = float(scale)
 
     def call(self, inputs):

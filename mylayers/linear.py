@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from mylayers import _checks
+from mylayers import checks
 
 
 @keras.saving.register_keras_serializable(package="mylayers")
@@ -52,7 +52,7 @@ class Linear(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _checks.positive_int(self, "units", units)
+        self.units = checks.positive_int(self, "units", units)
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -60,7 +60,7 @@ class Linear(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        input_dim = _checks.known_last_axis(self, input_shape)
+        input_dim = checks.known_last_axis(self, input_shape)
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.units, input_dim),

@@ -2,7 +2,7 @@
 
 import keras
 
-from mylayers import _checks
+from mylayers import checks
 from mylayers.linear import Linear
 from mylayers.rms_norm import RMSNorm
 
@@ -41,7 +41,7 @@ class MLPBlock(keras.layers.Layer):
 
     def __init__(self, hidden_units, activation="gelu", epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
-        self.hidden_units = _checks.positive_int(
+        self.hidden_units = checks.positive_int(
             self, "hidden_units", hidden_units
         )
         self.activation = keras.activations.get(activation)
@@ -57,7 +57,7 @@ class MLPBlock(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        features = _checks.known_last_axis(self, input_shape)
+        features = checks.known_last_axis(self, input_shape)
         self.out = Linear(features, dtype=self.dtype_policy, name="out")
         self.norm.build(input_shape)
         self.hidden.build(input_shape)

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from mylayers import _checks
+from mylayers import checks
 from mylayers.numpy_bridge import numpy_op
 
 
@@ -97,7 +97,7 @@ class NumpyLinear(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _checks.positive_int(self, "units", units)
+        self.units = checks.positive_int(self, "units", units)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         # Read by Keras's `compile(jit_compile=...)` and by gradcheck.
@@ -105,7 +105,7 @@ class NumpyLinear(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        input_dim = _checks.known_last_axis(self, input_shape)
+        input_dim = checks.known_last_axis(self, input_shape)
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.units, input_dim),

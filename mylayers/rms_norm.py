@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from mylayers import _checks
+from mylayers import checks
 
 
 @keras.saving.register_keras_serializable(package="mylayers")
@@ -38,21 +38,19 @@ class RMSNorm(keras.layers.Layer):
 
     def __init__(self, epsilon=1e-6, scale_initializer="ones", **kwargs):
         super().__init__(**kwargs)
-        if (
-            not isinstance(epsilon, (int, float))
-            or isinstance(epsilon, bool)
-            or not epsilon > 0
-        ):
-            raise ValueError(
-                f"{type(self).__name__} expected a positive float for "
-                f"`epsilon`. Received: epsilon={epsilon!r}"
-            )
+        checks.require(
+            checks.is_number(epsilon, minimum=0, strict=True),
+            self,
+            "epsilon",
+            epsilon,
+            "a positive float",
+        )
         self.epsilon = float(epsilon)
         self.scale_initializer = keras.initializers.get(scale_initializer)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        features = _checks.known_last_axis(self, input_shape)
+        features = checks.known_last_axis(self, input_shape)
         self.scale = self.add_weight(
             name="scale",
             shape=(features,),

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from mylayers import checks
+
 
 @tf.custom_gradient
 def _straight_through(x, quantized):
@@ -57,16 +59,13 @@ class StraightThroughQuantize(keras.layers.Layer):
 
     def __init__(self, bits=8, **kwargs):
         super().__init__(**kwargs)
-        if (
-            not isinstance(bits, int)
-            or isinstance(bits, bool)
-            or not 1 <= bits <= 16
-        ):
-            raise ValueError(
-                f"{type(self).__name__} expected an integer in [1, 16] for "
-                f"`bits`. Received: bits={bits!r}"
-            )
-        self.bits = bits
+        self.bits = checks.require(
+            checks.is_int(bits, 1, 16),
+            self,
+            "bits",
+            bits,
+            "an integer in [1, 16]",
+        )
 
     def call(self, inputs):
         if self.bits == 1:

@@ -4,11 +4,24 @@ import fcntl
 import json
 import os
 
-# Changing these only makes the run shorter or longer, so a resumed run may.
-RUN_LENGTH_FIELDS = ("num_epochs",)
+from template_trainer import errors
+
+# Changing these leaves the computation as it was (the run's length, how
+# often it saves and logs, how many checkpoints it keeps), so a resumed run
+# may.
+CHANGEABLE_FIELDS = (
+    "num_epochs",
+    "checkpoint_every_secs",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "steps_per_loop",
+)
+# A field every config.json has had since the validation split; one
+# without it comes from an older trainer.
+_VALIDATION_FIELD = "val_fraction"
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(errors.RunError):
     """The workdir cannot be created, read or written."""
 
 
@@ -39,11 +52,11 @@ def _unusable(workdir, error):
     )
 
 
-class WorkdirInUseError(RuntimeError):
+class WorkdirInUseError(errors.RunError):
     """Another live trainer holds the workdir."""
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(errors.RunError):
     """The config differs from the one the workdir's run was started with."""
 
 
@@ -93,7 +106,7 @@ def config_differences(saved, current):
     return [
         f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
         for key in sorted(set(old) | set(new))
-        if key not in RUN_LENGTH_FIELDS and old.get(key) != new.get(key)
+        if key not in CHANGEABLE_FIELDS and old.get(key) != new.get(key)
     ]
 
 
@@ -103,21 +116,29 @@ def check_config(workdir, config_json, allow_change, has_checkpoint):
     Args:
         workdir: The run's directory.
         config_json: The resolved config as a JSON string.
-        allow_change: Resume even if fields other than the run length
-            differ.
+        allow_change: Resume even if fields other than
+            `CHANGEABLE_FIELDS` differ.
         has_checkpoint: Whether the workdir holds a checkpoint. Without one
             there is nothing to resume (a run that failed before its first
             save), so any config may start afresh.
 
     Raises:
         ConfigMismatchError: fields differ, a checkpoint would be resumed,
-            and `allow_change` is False.
+            and `allow_change` is False; or the run is an older trainer's.
     """
     path = os.path.join(workdir, "config.json")
     if not (has_checkpoint and os.path.exists(path)):
         return
     with open(path) as f:
         saved = json.load(f)
+    if _VALIDATION_FIELD not in saved:
+        raise ConfigMismatchError(
+            f"workdir {workdir} holds a run of an older version of this "
+            "trainer, which had no validation split (it trained on all of "
+            "the training split and chose its best model on the test "
+            "split), so it cannot resume under this one; use a new "
+            "--workdir, or keep that run's results as they are."
+        )
     differences = config_differences(saved, json.loads(config_json))
     if differences and not allow_change:
         raise ConfigMismatchError(
@@ -133,9 +154,7 @@ def save_config(workdir, config_json):
     never replaces the one that can."""
     path = os.path.join(workdir, "config.json")
     temporary = path + ".tmp"
-    try:
+    with errors.writing("run's config", path):
         with open(temporary, "w") as f:
             json.dump(json.loads(config_json), f, indent=2, sort_keys=True)
         os.replace(temporary, path)
-    except OSError as e:
-        raise _unusable(workdir, e) from None

@@ -12,10 +12,12 @@ import signal
 
 import tensorflow as tf
 
+from template_trainer import errors
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-class DistributionError(RuntimeError):
+class DistributionError(errors.RunError):
     """The requested strategy cannot run here."""
 
 
@@ -178,7 +180,7 @@ def agreed_signal(strategy):
     return agree
 
 
-class WorkerLostError(RuntimeError):
+class WorkerLostError(errors.RunError):
     """A multi-worker collective failed: a peer died or stopped answering."""
 
 

@@ -1,0 +1,306 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+It drives `model.train_step` (the same step `model.fit` runs) from its own
+loop inside `tf.function`, rather than calling `fit`, because it must
+checkpoint the data iterator (for exact resume) and run under
+`MultiWorkerMirroredStrategy`, neither of which `fit` supports.
+"""
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import tensorflow as tf
+
+from template_trainer import (
+    config_checks,
+    distribution,
+    errors,
+    exports,
+    setup,
+    summaries,
+)
+from template_trainer import workdir as workdir_guard
+from template_trainer.checkpoints import has_checkpoint
+from template_trainer.progress import Progress
+
+
+class TrainingDivergedError(errors.RunError):
+    """Too many consecutive steps had a NaN or Inf loss or gradients."""
+
+    exit_code = 1
+
+
+class Preempted(errors.RunError):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint.
+
+    `here` is false on the workers of a multi-worker run that stopped
+    because another worker received the signal. The exit code is the
+    shell's for the signal, 128 + its number.
+    """
+
+    label = ""  # Not an error: the run stopped as asked.
+
+    def __init__(self, signum, step, checkpoint, here=True):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        where = "" if here else " on another worker"
+        saved = (
+            f"checkpoint saved to {checkpoint}"
+            if checkpoint
+            else "nothing saved (fast_dev_run)"
+        )
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}{where} at step "
+            f"{step}; {saved}. Rerun the same command to resume."
+        )
+
+
+def train_and_evaluate(config, workdir, allow_config_change=False):
+    """Trains `config`'s model, resuming from `workdir` if it holds a run.
+
+    Evaluates on the validation split during training, keeps the best
+    model by `config.best_metric` on it, and evaluates the final and the
+    best model on the test split once, at the end.
+
+    Args:
+        config: An `ml_collections.ConfigDict` like `configs/default.py`'s.
+        workdir: Directory for checkpoints, summaries and exported models.
+        allow_config_change: Resume a run even if its saved config differs
+            from `config` in fields that change the computation.
+
+    Returns:
+        A dict of the final metrics: `step`; the last training metrics
+        (`loss`, `accuracy`, ...); `val_loss`, `val_accuracy` of the final
+        model; `best_step` and its `best_val_*`; `test_loss`,
+        `test_accuracy` of the final model and `best_test_loss`,
+        `best_test_accuracy` of the best one.
+
+    Raises:
+        errors.RunError: the run cannot start or go on; its subclasses say
+            why (`config_checks.ConfigError`, `workdir.WorkdirInUseError`,
+            `errors.WriteError`, `Preempted`, ...), each in one line.
+    """
+    config_checks.validate(config)
+    strategy = setup.create_strategy(config)
+    with _claimed(workdir, config, strategy, allow_config_change) as workdir:
+        run = setup.create_run(config, workdir, strategy)
+        with (
+            _last_good_checkpoint_named(run),
+            distribution.peers_watched(strategy),
+        ):
+            _restore(run, config.to_json())
+            logs = _train(run)
+            return _finish(run, logs)
+
+
+@contextlib.contextmanager
+def _claimed(workdir, config, strategy, allow_config_change):
+    """Yields the absolute workdir, locked and checked against its saved
+    config; None for `fast_dev_run`, which writes nothing."""
+    if config.fast_dev_run:
+        yield None
+        return
+    _, worker_index, is_chief = distribution.worker_info(strategy)
+    workdir = workdir_guard.prepare(workdir)
+    # Each worker of a multi-worker run holds its own lock in the workdir.
+    lock_name = "lock" if is_chief else f"lock.worker-{worker_index}"
+    with workdir_guard.lock(workdir, lock_name):
+        workdir_guard.check_config(
+            workdir,
+            config.to_json(),
+            allow_config_change,
+            has_checkpoint=has_checkpoint(workdir),
+        )
+        yield workdir
+
+
+@contextlib.contextmanager
+def _last_good_checkpoint_named(run):
+    """Adds the newest complete checkpoint to a `WriteError`'s message."""
+    try:
+        yield
+    except errors.WriteError as e:
+        e.last_checkpoint = run.checkpoints.last_good()
+        raise
+
+
+def _restore(run, config_json):
+    """Restores the newest checkpoint, then records the run's config."""
+    start = time.perf_counter()
+    restored = run.checkpoints.restore()
+    if restored:
+        print(
+            f"Resuming from {restored} at step {int(run.step)}. "
+            f"(restored in {time.perf_counter() - start:.2f} s)"
+        )
+    if int(run.step) >= run.total_steps:
+        print(
+            f"The run is already at step {int(run.step)}, at or past this "
+            f"config's {run.total_steps} steps: nothing to train. Raise "
+            "--config.num_epochs to train longer."
+        )
+    if run.workdir and run.is_chief:
+        # Only now: a config that cannot restore the run never replaces the
+        # one that can.
+        workdir_guard.save_config(run.workdir, config_json)
+        run.writer = summaries.Writer(run.workdir, int(run.step))
+
+
+def _train(run):
+    """Trains to the last step: validates, logs and saves on the way.
+
+    Returns the last logs (training metrics, and validation ones if the
+    last loop validated).
+    """
+    logs, start = {}, time.perf_counter()
+    agree = distribution.agreed_signal(run.strategy)
+    with _catch_preemption() as signals:
+        while int(run.step) < run.total_steps:
+            epoch, done = divmod(int(run.step), run.steps_per_epoch)
+            if done == 0:
+                run.model.reset_metrics()
+            progress = Progress(
+                epoch, run.num_epochs, run.steps_per_epoch, done
+            )
+            epoch_end = (epoch + 1) * run.steps_per_epoch
+            while int(run.step) < epoch_end:
+                logs = _train_steps(run, epoch_end)
+                progress.update(
+                    int(run.step) - epoch * run.steps_per_epoch, logs
+                )
+                if int(run.step) == epoch_end and _validation_due(run, epoch):
+                    logs.update(_validate(run))
+                _log(run, logs, elapsed=time.perf_counter() - start)
+                if run.checkpoints.due():
+                    run.checkpoints.save()
+                signum = agree(signals)
+                if signum:
+                    checkpoint = run.checkpoints.save()
+                    raise Preempted(
+                        signum, int(run.step), checkpoint, bool(signals)
+                    )
+    return logs
+
+
+def _train_steps(run, epoch_end):
+    """Runs one loop call's steps; returns the logs shown and logged.
+
+    Raises:
+        TrainingDivergedError: the non-finite guard's limit was reached.
+    """
+    current = int(run.step)
+    num_steps = min(run.steps_per_loop, epoch_end - current)
+    next_save = run.checkpoints.next_step()
+    if next_save is not None:
+        num_steps = min(num_steps, next_save - current)
+    start = time.perf_counter()
+    try:
+        logs = run.train_steps(run.iterator, num_steps)
+        run.model.check_non_finite()  # The step's own check skips XLA.
+    except FloatingPointError as e:
+        raise TrainingDivergedError(str(e)) from None
+    except tf.errors.InvalidArgumentError:
+        # An assert failed inside the graph: the guard's counter says
+        # whether it was the guard's.
+        try:
+            run.model.check_non_finite()
+        except FloatingPointError as e:
+            raise TrainingDivergedError(str(e)) from None
+        raise
+    logs = {k: float(v) for k, v in logs.items()}
+    logs.update(_metric_results(run.model))
+    logs["steps/s"] = num_steps / (time.perf_counter() - start)
+    return logs
+
+
+def _validation_due(run, epoch):
+    last = int(run.step) == run.total_steps
+    return last or (epoch + 1) % run.val_every_epochs == 0
+
+
+def _validate(run):
+    """Evaluates on the validation split, prints it, and keeps the model as
+    the best if it is."""
+    logs = _evaluate(run, run.val_data, "val_")
+    print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+    run.checkpoints.offer_best(logs[run.best_metric])
+    return logs
+
+
+def _evaluate(run, dataset, prefix):
+    """The model's metrics over one pass of `dataset`, named `prefix*`."""
+    run.model.reset_metrics()
+    run.test_steps(dataset)
+    results = _metric_results(run.model)
+    return {prefix + name: value for name, value in results.items()}
+
+
+def _metric_results(model):
+    return {k: float(v) for k, v in model.get_metrics_result().items()}
+
+
+def _log(run, logs, elapsed):
+    """Writes the scalars of this loop call to TensorBoard and
+    `metrics.jsonl`."""
+    if not run.writer:
+        return
+    scalars = dict(logs)
+    scalars.update(
+        (name, float(v.read_value()))
+        for name, v in run.model.step_state.items()
+    )
+    scalars["learning_rate"] = float(run.model.optimizer.learning_rate)
+    # Seconds of this process's loop, validation and saving included; a
+    # resumed run starts again from 0.
+    scalars["elapsed_s"] = elapsed
+    run.writer.write(int(run.step), scalars)
+
+
+def _finish(run, logs):
+    """Validates and saves the last step, tests the final and the best
+    model once, and exports both; returns the run's final metrics."""
+    if "val_loss" not in logs:  # Nothing trained, or validated, this time.
+        logs.update(_validate(run))
+    run.checkpoints.save()
+    results = {"step": int(run.step), **logs}
+    results.update(_evaluate(run, run.test_data, "test_"))
+    if run.workdir and not run.is_chief:
+        # Each worker's final weights, to check that all workers agree.
+        worker_dir = os.path.join(run.workdir, f"worker-{run.worker_index}")
+        os.makedirs(worker_dir, exist_ok=True)
+        run.model.save(os.path.join(worker_dir, "model.keras"))
+    if run.writer:
+        exports.export(run.model, run.workdir)
+    if run.checkpoints.restore_best():
+        results["best_step"] = int(run.checkpoints.best_step)
+        results[f"best_{run.best_metric}"] = float(run.checkpoints.best_value)
+        results.update(_evaluate(run, run.test_data, "best_test_"))
+        if run.writer:
+            exports.export(run.model, run.workdir, "best_")
+    if run.writer:
+        tested = {k: v for k, v in results.items() if "test_" in k}
+        run.writer.add_to_last(int(run.step), tested)
+        run.writer.close()
+        summaries.plot_curves(run.workdir)
+    return results
+
+
+@contextlib.contextmanager
+def _catch_preemption():
+    """Records SIGTERM/SIGINT instead of dying, so the loop can save first."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # Signal handlers can only be set from the main thread.
+        return
+    previous = {
+        s: signal.signal(s, lambda signum, _: received.append(signum))
+        for s in distribution.STOP_SIGNALS
+    }
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

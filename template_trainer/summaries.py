@@ -1,0 +1,125 @@
+"""What a run tells the user: TensorBoard scalars and `metrics.jsonl`."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from template_trainer import errors
+
+
+def read_records(path):
+    """The records of a `metrics.jsonl`, without a line cut off mid-write."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # A write the process did not live to finish.
+            if isinstance(record, dict) and "step" in record:
+                records.append(record)
+    return records
+
+
+class Writer:
+    """Writes scalars to TensorBoard (`workdir/tensorboard`) and to
+    `workdir/metrics.jsonl`, one JSON object per call, for scripts.
+
+    `start_step` is the step the run starts or resumes at: records of later
+    steps in `metrics.jsonl`, written after the checkpoint the run resumes
+    from and about to be trained again, are dropped, so the file holds each
+    step once, in order. (TensorBoard shows the earlier attempt's points
+    beside the new ones.)
+    """
+
+    def __init__(self, workdir, start_step=0):
+        self._tb_path = os.path.join(workdir, "tensorboard")
+        self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        with errors.writing("TensorBoard summaries", self._tb_path):
+            self._tb = tf.summary.create_file_writer(self._tb_path)
+        if os.path.exists(self._jsonl_path):
+            kept = [
+                r
+                for r in read_records(self._jsonl_path)
+                if r["step"] <= start_step
+            ]
+            temporary = self._jsonl_path + ".tmp"
+            with errors.writing("metrics", self._jsonl_path):
+                with open(temporary, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in kept)
+                os.replace(temporary, self._jsonl_path)
+
+    def write(self, step, scalars):
+        """Writes `scalars` at `step` to both.
+
+        Raises:
+            errors.WriteError: either could not be written.
+        """
+        with errors.writing("TensorBoard summaries", self._tb_path):
+            with self._tb.as_default(step=step):
+                for name, value in scalars.items():
+                    tf.summary.scalar(name, value)
+            self._tb.flush()
+        with errors.writing("metrics", self._jsonl_path):
+            with open(self._jsonl_path, "a") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def add_to_last(self, step, scalars):
+        """Adds `scalars` to the record of `step`, the last one, so the file
+        keeps each step once (a resumed run that had already finished adds
+        them again, to the same record).
+
+        Raises:
+            errors.WriteError: either could not be written.
+        """
+        with errors.writing("TensorBoard summaries", self._tb_path):
+            with self._tb.as_default(step=step):
+                for name, value in scalars.items():
+                    tf.summary.scalar(name, value)
+            self._tb.flush()
+        records = read_records(self._jsonl_path)
+        if records and records[-1]["step"] == step:
+            records[-1].update(scalars)
+        else:
+            records.append({"step": step, **scalars})
+        temporary = self._jsonl_path + ".tmp"
+        with errors.writing("metrics", self._jsonl_path):
+            with open(temporary, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+            os.replace(temporary, self._jsonl_path)
+
+    def close(self):
+        self._tb.close()
+
+
+def plot_curves(workdir):
+    """Draws `metrics.jsonl` to `workdir/curves.png`; returns its path."""
+    # matplotlib costs ~1 s to import and only this end-of-run plot uses it.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    records = read_records(os.path.join(workdir, "metrics.jsonl"))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, kind in zip(axes, ("loss", "accuracy")):
+        for name in (kind, f"val_{kind}"):
+            points = [(r["step"], r[name]) for r in records if name in r]
+            if points:
+                axis.plot(
+                    *zip(*points),
+                    label=name,
+                    marker="." if name.startswith("val_") else None,
+                )
+        axis.set_xlabel("step")
+        axis.set_title(kind)
+        axis.legend()
+    path = os.path.join(workdir, "curves.png")
+    figure.tight_layout()
+    try:
+        with errors.writing("training curves", path):
+            figure.savefig(path, dpi=100)
+    finally:
+        plt.close(figure)
+    return path
