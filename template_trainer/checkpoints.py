@@ -88,7 +88,8 @@ class Checkpoints:
             disagree on elapsed time.
         keep: How many checkpoints to keep.
         best_mode: "max" or "min": which validation value is better.
-        clock: Seconds, for the time cadence (a test may pass its own).
+        clock: Returns seconds, for the time cadence; `time.monotonic` if
+            None.
     """
 
     def __init__(
@@ -103,15 +104,15 @@ class Checkpoints:
         every_secs,
         keep,
         best_mode,
-        clock=time.monotonic,
+        clock=None,
     ):
         num_workers, _, self._is_chief = distribution.worker_info(strategy)
         self._step, self._model = step, model
         self._every = every_steps
         self._secs = every_secs if num_workers == 1 else 0
         self._best_mode = best_mode
-        self._clock = clock
-        self._last_save = clock()
+        self._clock = clock or time.monotonic
+        self._last_save = self._clock()
         # Outside the strategy's scope: plain variables, the same on every
         # worker, that Python can read.
         self.best_value = tf.Variable(

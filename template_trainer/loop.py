@@ -224,16 +224,17 @@ def _validation_due(run, epoch):
 def _validate(run):
     """Evaluates on the validation split, prints it, and keeps the model as
     the best if it is."""
-    logs = _evaluate(run, run.val_data, "val_")
+    logs = _evaluate(run, run.evaluate_val, "val_")
     print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
     run.checkpoints.offer_best(logs[run.best_metric])
     return logs
 
 
-def _evaluate(run, dataset, prefix):
-    """The model's metrics over one pass of `dataset`, named `prefix*`."""
+def _evaluate(run, evaluate, prefix):
+    """The model's metrics from `evaluate()` (one pass over a split), named
+    `prefix*`."""
     run.model.reset_metrics()
-    run.test_steps(dataset)
+    evaluate()
     results = _metric_results(run.model)
     return {prefix + name: value for name, value in results.items()}
 
@@ -266,7 +267,7 @@ def _finish(run, logs):
         logs.update(_validate(run))
     run.checkpoints.save()
     results = {"step": int(run.step), **logs}
-    results.update(_evaluate(run, run.test_data, "test_"))
+    results.update(_evaluate(run, run.evaluate_test, "test_"))
     if run.workdir and not run.is_chief:
         # Each worker's final weights, to check that all workers agree.
         worker_dir = os.path.join(run.workdir, f"worker-{run.worker_index}")
@@ -277,7 +278,7 @@ def _finish(run, logs):
     if run.checkpoints.restore_best():
         results["best_step"] = int(run.checkpoints.best_step)
         results[f"best_{run.best_metric}"] = float(run.checkpoints.best_value)
-        results.update(_evaluate(run, run.test_data, "best_test_"))
+        results.update(_evaluate(run, run.evaluate_test, "best_test_"))
         if run.writer:
             exports.export(run.model, run.workdir, "best_")
     if run.writer:

@@ -33,10 +33,10 @@ class Run:
     strategy: tf.distribute.Strategy
     step: tf.Variable
     iterator: tf.data.Iterator  # plain, not distributed: it checkpoints
-    val_data: object  # distributed datasets, one pass each
-    test_data: object
     train_steps: object  # see `make_train_steps`
-    test_steps: object  # see `make_test_steps`
+    # `make_evaluate`'s, one pass over each split
+    evaluate_val: object
+    evaluate_test: object
     checkpoints: checkpoints.Checkpoints
     writer: summaries.Writer | None  # None: this process writes no logs
     workdir: str | None  # None: fast_dev_run, nothing is written
@@ -104,10 +104,9 @@ def create_run(config, workdir, strategy):
         strategy=strategy,
         step=step,
         iterator=iterator,
-        val_data=strategy.experimental_distribute_dataset(val_data),
-        test_data=strategy.experimental_distribute_dataset(test_data),
         train_steps=make_train_steps(model, strategy, step, config.jit_compile),
-        test_steps=make_test_steps(model, strategy),
+        evaluate_val=make_evaluate(model, strategy, val_data),
+        evaluate_test=make_evaluate(model, strategy, test_data),
         checkpoints=checkpoints.Checkpoints(
             workdir,
             model,
@@ -252,13 +251,16 @@ def make_train_steps(model, strategy, step, jit_compile):
     return train_steps
 
 
-def make_test_steps(model, strategy):
-    """Returns `test_steps(dataset)`, a `tf.function` that runs
-    `model.test_step` over one pass of a distributed dataset."""
+def make_evaluate(model, strategy, dataset):
+    """Returns `evaluate()`, a `tf.function` that runs `model.test_step`
+    over one pass of `dataset` on every replica, updating the model's
+    metrics. (It closes over the dataset: as an argument, each call would
+    trace it again.)"""
+    dataset = strategy.experimental_distribute_dataset(dataset)
 
     @tf.function
-    def test_steps(dataset):
+    def evaluate():
         for batch in dataset:
             strategy.run(model.test_step, args=(batch,))
 
-    return test_steps
+    return evaluate

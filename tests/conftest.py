@@ -1,8 +1,33 @@
 """Shared test set-up."""
 
 import os
+import subprocess
+
+import pytest
 
 # Keras 3 picks its backend when first imported; these tests are TensorFlow's.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Quiet TensorFlow's C++ start-up notes in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_processes(monkeypatch):
+    """Kills every process a test started and left running, on failure too.
+
+    A trainer (or a worker of a multi-worker run) left behind by a failed
+    test would hold its workdir's lock and two cores for minutes.
+    """
+    started = []
+    original_init = subprocess.Popen.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

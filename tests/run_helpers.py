@@ -1,4 +1,5 @@
-"""Helpers for tests that run `train.py` as a user would, in a subprocess."""
+"""Helpers for tests of the trainer: a tiny config for in-process runs, and
+`train.py` run as a user would, in a subprocess."""
 
 import json
 import os
@@ -6,7 +7,28 @@ import subprocess
 import sys
 import time
 
+from configs import default
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Digits: 1,302 training examples after the validation slice, so 41 steps of
+# 32 per epoch.
+STEPS_PER_EPOCH = 41
+
+
+def tiny_config(**overrides):
+    """`configs/default.py` made small and fast: a 32-unit MLP, 2 epochs,
+    validation after each. Op determinism stays off: it is process-wide
+    and permanent, and would change later in-process tests (Keras then
+    declines XLA)."""
+    config = default.get_config()
+    config.deterministic = False
+    config.model.hidden_units = (32,)
+    config.model.dropout = 0.0  # two epochs of a tiny model: learn fast
+    config.num_epochs = 2
+    config.val_every_epochs = 1
+    config.schedule = "constant"
+    config.update(overrides)
+    return config
 
 
 def train_command(workdir, *overrides, config="default.py"):
