@@ -103,7 +103,9 @@ def test_catches_broken_gradient_with_table(kind, tensor, status, jacobian):
     header = message.splitlines()[1]
     for column in ("tensor", "max abs err", "max rel err", "worst index"):
         assert column in header
-    failed = [line for line in message.splitlines() if "FAIL" in line]
+    # Line 0 names the worst entry; the table follows.
+    assert message.splitlines()[0].startswith("gradient check failed: ")
+    failed = [line for line in message.splitlines()[1:] if "FAIL" in line]
     assert len(failed) == 2  # one per mode
     assert all(tensor in line and status in line for line in failed)
     assert _failed_rows(info.value.report) == {

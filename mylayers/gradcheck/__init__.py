@@ -11,99 +11,28 @@ compared with it instead.
 Run `python -m mylayers.gradcheck` to check every layer in `mylayers`.
 """
 
-import dataclasses
-
 import keras
 import numpy as np
-import tensorflow as tf
 
-from mylayers.gradcheck.numerics import Checker
+from mylayers.gradcheck.numerics import Checker, machine_epsilon, tolerance
 from mylayers.gradcheck.report import GradcheckError, GradcheckReport, Row
+from mylayers.gradcheck.target import (
+    CallError,
+    as_function_target,
+    as_layer_target,
+    one_line,
+)
+
+__all__ = [
+    "MODES",
+    "CallError",
+    "GradcheckError",
+    "GradcheckReport",
+    "Row",
+    "gradcheck",
+]
 
 MODES = ("eager", "function", "jit")
-
-
-def _layers_of(target):
-    """`target` and every layer nested in it."""
-    # Keras has no public recursive listing; its own jit check uses this.
-    return [target, *target._flatten_layers(include_self=False)]
-
-
-def _cast_layer(layer, dtype, inputs):
-    """A copy of `layer` (or of a Functional model) computing in `dtype`."""
-
-    def clone(inner):
-        config = inner.get_config()
-        # Ops in a Functional graph (`x + h`, `keras.ops.tanh(h)`) are not
-        # layers: they take no dtype, and follow their inputs'.
-        if isinstance(inner, keras.layers.Layer):
-            config = {**config, "dtype": dtype}
-        return type(inner).from_config(config)
-
-    if not layer.built:
-        layer(*[tf.cast(x, layer.compute_dtype) for x in inputs])
-    if isinstance(layer, keras.Model):
-        try:
-            # Without new inputs the copy would cast its inputs to float32.
-            copy = keras.models.clone_model(
-                layer,
-                input_tensors=tf.nest.map_structure(
-                    lambda t: keras.Input(batch_shape=t.shape, dtype=dtype),
-                    layer.input,
-                ),
-                clone_function=clone,
-            )
-        except ValueError as error:
-            raise ValueError(
-                "gradcheck can only cast Functional and Sequential models to "
-                f"{dtype}; build this one in {dtype} and pass dtype=None. "
-                f"Received: target={layer.name}"
-            ) from error
-    else:
-        copy = clone(layer)
-        copy(*inputs)
-    copy.set_weights([np.asarray(w, dtype) for w in layer.get_weights()])
-    return copy
-
-
-@dataclasses.dataclass
-class _Target:
-    """`target` as a pure function of its inputs and trainable weights."""
-
-    name: str
-    fn: object  # fn(inputs, weights) -> output tensor
-    weights: list
-    weight_names: list
-    reference: object
-    supports_jit: bool
-    differentiable_twice: bool
-
-
-def _as_target(target, inputs, dtype, reference):
-    if not isinstance(target, keras.layers.Layer):
-        name = getattr(target, "__name__", type(target).__name__)
-        return _Target(
-            name, lambda xs, ws: target(*xs), [], [], reference, True, True
-        )
-    layer = _cast_layer(target, dtype, inputs) if dtype else target
-    non_trainable = [v.value for v in layer.non_trainable_variables]
-
-    def fn(xs, ws):
-        return layer.stateless_call(list(ws), non_trainable, *xs)[0]
-
-    layers = _layers_of(layer)
-    return _Target(
-        name=target.name,
-        fn=fn,
-        weights=[tf.identity(v.value) for v in layer.trainable_variables],
-        # The caller's variable names, not the float64 copy's.
-        weight_names=[v.path for v in target.trainable_variables],
-        reference=reference or getattr(layer, "reference_backward", None),
-        supports_jit=all(inner.supports_jit for inner in layers),
-        differentiable_twice=all(
-            getattr(inner, "differentiable_twice", True) for inner in layers
-        ),
-    )
 
 
 def gradcheck(
@@ -114,22 +43,43 @@ def gradcheck(
     jacobian="full",
     modes=MODES,
     dtype="float64",
+    training=False,
+    mask=None,
+    call_kwargs=None,
     reference=None,
-    eps=1e-6,
-    atol=1e-6,
-    rtol=1e-5,
+    eps=None,
+    atol=None,
+    rtol=None,
     num_projections=2,
     seed=0,
 ):
     """Checks `target`'s gradients w.r.t. its inputs and trainable weights.
 
-    The loss is `L = sum(v * target(inputs))` for a random upstream `v`.
+    The loss is `L = sum(v * y)` for a random upstream `v`, where `y` is
+    every float output of `target(inputs)` (nested or dict outputs are
+    flattened) followed by every loss the call added (`add_loss`, weight
+    regularizers), named `losses[i]`.
 
-    - Order 1: the gradient w.r.t. every input and trainable weight is
-      compared with central finite differences `(f(p + e) - f(p - e)) / 2e`,
-      as the full Jacobian (`jacobian="full"`) or as `v^T J u` for random
-      `u` (`jacobian="projection"`, for large layers). A `None`
+    - Precision: a layer or model computes in `dtype` (float64) for the
+      check, without being copied or reconstructed, so any layer works,
+      written with or without `**kwargs` and `get_config`; the layer is
+      left as it was. Where it cannot run in `dtype` (a constant made in
+      float32 inside `call`), it is checked in its own compute dtype, with
+      the step and tolerances of that dtype, and the report's `precision`
+      line says why and what one change would allow float64.
+    - Order 1: the gradient w.r.t. every float input and trainable weight
+      is compared with central finite differences, as the full Jacobian
+      (`jacobian="full"`) or as `v^T J u` for random `u`
+      (`jacobian="projection"`, for large layers). A `None`
       (disconnected) gradient fails, reported under the variable's name.
+      Integer inputs (token ids) have no gradient: they are held fixed and
+      reported as skipped, and the weights are still checked.
+    - State: each evaluation starts from the layer's non-trainable state
+      and random seed state as they were, so a running mean updated in
+      `call` or a dropout mask (from `keras.random` with a
+      `SeedGenerator`) is the same in every finite difference. A target
+      whose outputs still differ between two calls at the same point is
+      reported as skipped, with the reason.
     - Inputs of a target with a reference backward (a `reference` argument
       or a `reference_backward(inputs, upstream)` method, as on
       `GradientReversal`) are compared with it instead, for every basis
@@ -141,35 +91,52 @@ def gradcheck(
       with a layer whose `differentiable_twice` is False.
     - Every check runs in each of `modes`: "eager", "function"
       (`tf.function`) and "jit" (`jit_compile=True`; skipped for targets
-      with a layer whose `supports_jit` is False).
+      with a layer whose `supports_jit` is False, or that XLA cannot
+      compile).
 
     Args:
-        target: A `keras.layers.Layer`, a Functional or Sequential
-            `keras.Model`, or a function of tensors.
-        inputs: A tensor (or array), or a list of them: the target's
-            positional inputs.
+        target: A `keras.layers.Layer` or `keras.Model` (Functional,
+            Sequential or subclassed), or a function of tensors.
+        inputs: The target's positional inputs: a tensor, array or dict
+            (one argument), or a list or tuple of them (one per argument;
+            wrap a list that is one argument in another list).
         order: 1 or 2.
         jacobian: "full" or "projection".
         modes: Execution modes to check, a subset of `MODES`.
-        dtype: The dtype to check in: layers and models are copied to it,
-            inputs cast. `None` checks the target as it is.
+        dtype: The dtype to check in ("float64", "float32", "float16" or
+            "bfloat16"); `None` checks the target as it is.
+        training: Passed to a layer's call: False checks the deterministic
+            path; True the training path, with its random numbers fixed.
+            None passes nothing.
+        mask: Passed to the call as `mask=`, held fixed.
+        call_kwargs: Other keyword arguments for the call, held fixed.
         reference: `reference(inputs, upstream) -> gradient(s)`, the
             intended gradient w.r.t. the inputs; overrides the target's
             `reference_backward`.
-        eps: Finite-difference step.
-        atol: Absolute tolerance.
-        rtol: Relative tolerance; an entry fails when
-            `|actual - expected| > atol + rtol * |expected|`.
+        eps: Finite-difference step, relative to `max(1, rms)` of each
+            tensor; by default about the cube root of the precision's
+            machine epsilon (1e-6 in float64).
+        atol: Absolute tolerance; by default the precision's (1e-6 in
+            float64), raised where the finite difference itself carries
+            more rounding noise than that.
+        rtol: Relative tolerance (1e-5 in float64, 2e-3 in float32); an
+            entry fails when `|actual - expected| > atol + rtol *
+            |expected|`.
         num_projections: Random directions per tensor in projection mode,
             and random upstreams for a reference backward.
         seed: Seed of the random upstreams and directions.
 
     Returns:
         A `GradcheckReport` whose rows hold, per tensor, mode and check, the
-        maximum absolute and relative errors and the worst index.
+        maximum absolute and relative errors, the worst index and the
+        actual and expected values there; its `precision` line says which
+        dtype was used and why, its `notes` what was held fixed.
 
     Raises:
-        GradcheckError: When any check fails; its message is the table.
+        GradcheckError: When any check fails; its message names the worst
+            entry with its actual and expected values, then the report.
+        CallError: (a `ValueError`) when the target cannot be built or
+            called on `inputs`; one line says what to change.
         ValueError: For invalid arguments.
 
     Example:
@@ -177,6 +144,8 @@ def gradcheck(
     >>> report = gradcheck(lambda x: tf.sin(x), tf.constant([0.5, 1.0]))
     >>> report.ok, [row.mode for row in report.rows]
     (True, ['eager', 'function', 'jit'])
+    >>> report.precision
+    'float64, inputs cast to it. Step 1e-06 ...'
     """
     if order not in (1, 2):
         raise ValueError(f"Expected order 1 or 2. Received: order={order!r}")
@@ -190,14 +159,64 @@ def gradcheck(
             f"Expected modes to be a subset of {MODES}. Received: "
             f"modes={modes!r}"
         )
-    if not isinstance(inputs, (list, tuple)):
-        inputs = [inputs]
-    inputs = [tf.convert_to_tensor(x) for x in inputs]
-    if dtype:
-        inputs = [tf.cast(x, dtype) for x in inputs]
-    t = _as_target(target, inputs, dtype, reference)
-    checker = Checker(t, inputs, eps, atol, rtol, num_projections, seed)
-    rows = []
+    if dtype is not None:
+        tolerance(dtype)  # Validates it.
+    if isinstance(target, keras.layers.Layer):
+        t = as_layer_target(
+            target, inputs, dtype, reference, training, mask, call_kwargs
+        )
+    else:
+        kwargs = dict(call_kwargs or {})
+        if mask is not None:
+            kwargs["mask"] = mask
+        t = as_function_target(target, inputs, dtype, reference, kwargs)
+    tol = tolerance(t.dtype, eps, atol, rtol)
+    with t.view():
+        rows, notes = _check(
+            t, tol, order, jacobian, modes, num_projections, seed
+        )
+    report = GradcheckReport(
+        rows, precision=_precision_line(t, tol), notes=t.notes + notes
+    )
+    if not report.ok:
+        raise GradcheckError(report)
+    return report
+
+
+def _precision_line(t, tol):
+    line = (
+        f"{t.precision}. Step {tol.eps:.2g} x max(1, rms), atol "
+        f"{tol.atol:.0e}, rtol {tol.rtol:.0e}"
+    )
+    if t.dtype != "float64":
+        line += (
+            f"; in {t.dtype} errors under about {tol.rtol:.0e} relative go "
+            "unseen, while a wrong sign, a 2x scale or a missing batch sum "
+            "is caught"
+        )
+    return line
+
+
+def _check(t, tol, order, jacobian, modes, num_projections, seed):
+    """The rows of every check in every mode, and notes."""
+    rows = [
+        Row(t.name, name, "*", "order 1", t.dtype, status=status)
+        for name, status in t.skipped
+    ]
+    notes = []
+    if not t.sources:
+        return rows, notes
+    random_reason = _random_reason(t)
+    if random_reason:
+        rows.append(Row(t.name, "*", "*", "all", t.dtype, status=random_reason))
+        return rows, notes
+    if _has_batch_of_one(t):
+        notes.append(
+            "the inputs have a batch of 1: a weight gradient that takes "
+            "one sample, or the mean, instead of the sum over the batch "
+            "looks right at batch 1; use 2 or more"
+        )
+    checker = Checker(t, tol, num_projections, seed)
     for mode in modes:
         if mode == "jit" and not t.supports_jit:
             rows.append(
@@ -206,11 +225,16 @@ def gradcheck(
                     "*",
                     mode,
                     "all",
+                    t.dtype,
                     status="skipped (supports_jit=False)",
                 )
             )
             continue
-        first = checker.first_order(mode, jacobian)
+        try:
+            first = checker.first_order(mode, jacobian)
+        except Exception as error:
+            rows.append(_mode_error(t, mode, "all", error))
+            continue
         rows += first
         if order != 2:
             continue
@@ -219,12 +243,69 @@ def gradcheck(
         elif not t.differentiable_twice:
             skipped = "differentiable_twice=False"
         else:
-            rows += checker.second_order(mode, jacobian)
+            try:
+                rows += checker.second_order(mode, jacobian)
+            except Exception as error:
+                rows.append(_mode_error(t, mode, "order 2", error))
             continue
         rows.append(
-            Row(t.name, "*", mode, "order 2", status=f"skipped ({skipped})")
+            Row(
+                t.name,
+                "*",
+                mode,
+                "order 2",
+                t.dtype,
+                status=f"skipped ({skipped})",
+            )
         )
-    report = GradcheckReport(rows)
-    if not report.ok:
-        raise GradcheckError(report)
-    return report
+    return rows, notes
+
+
+def _mode_error(t, mode, check, error):
+    """A row for a mode the target could not run in."""
+    cause = one_line(error)
+    if mode == "jit":
+        # Keras compiles with XLA only where every layer allows it, so this
+        # is not a defect of the gradient: say how to declare it.
+        status = (
+            f"skipped (XLA could not run it: {cause}; declare "
+            "self.supports_jit = False in the layer's __init__)"
+        )
+    elif check == "order 2":
+        status = (
+            f"ERROR: {cause}; if the layer has no second derivative, "
+            "declare self.differentiable_twice = False"
+        )
+    else:
+        status = f"ERROR: {cause}"
+    return Row(t.name, "*", mode, check, t.dtype, status=status)
+
+
+def _random_reason(t):
+    """Why the target cannot be checked by finite differences, if its
+    outputs differ between two calls at the same point."""
+    first = np.asarray(t.fn(t.sources), np.float64)
+    second = np.asarray(t.fn(t.sources), np.float64)
+    unit = 1e3 * machine_epsilon(t.dtype)
+    finite = np.abs(first[np.isfinite(first)])
+    scale = float(finite.mean()) if finite.size else 0.0
+    if np.allclose(first, second, unit, unit * scale, equal_nan=True):
+        return None
+    return (
+        "skipped (two calls at the same point differ: call() draws random "
+        "numbers gradcheck cannot fix; draw them with keras.random and a "
+        "keras.random.SeedGenerator made in __init__, or check "
+        "training=False)"
+    )
+
+
+def _has_batch_of_one(t):
+    inputs = t.sources[: t.n_in]
+    return (
+        bool(inputs)
+        and t.names[t.n_in :]
+        and all(
+            x.shape.rank and x.shape.rank >= 2 and x.shape[0] == 1
+            for x in inputs
+        )
+    )

@@ -58,7 +58,7 @@ def main():
             rows += error.report.rows
     report = GradcheckReport(rows)
     print(report.table())
-    failed = sum(row.status.startswith("FAIL") for row in rows)
+    failed = sum(row.failed for row in rows)
     skipped = sum(row.status.startswith("skipped") for row in rows)
     print(f"\n{len(rows)} checks: {failed} failed, {skipped} skipped.")
     return 1 if failed else 0

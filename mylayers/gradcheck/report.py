@@ -1,20 +1,34 @@
-"""The report of `mylayers.gradcheck`: one row per tensor, mode and check."""
+"""The report of `mylayers.gradcheck`: one row per tensor, mode and check,
+the precision it was checked in and why, and notes on what was held fixed
+or skipped."""
 
 import dataclasses
 
 
 @dataclasses.dataclass
 class Row:
-    """One line of the report: how far one gradient is from its reference."""
+    """One line of the report: how far one gradient is from its reference.
+
+    `actual` and `expected` are the two values at `worst_index`: the
+    gradient TensorFlow computed, and the finite difference (or reference
+    backward) it was compared with.
+    """
 
     target: str
     tensor: str
     mode: str
     check: str
+    dtype: str = ""
     max_abs: float = float("nan")
     max_rel: float = float("nan")
     worst_index: str = ""
+    actual: float = float("nan")
+    expected: float = float("nan")
     status: str = "ok"
+
+    @property
+    def failed(self):
+        return self.status.startswith(("FAIL", "ERROR"))
 
 
 class GradcheckReport:
@@ -22,6 +36,8 @@ class GradcheckReport:
 
     Attributes:
         rows: The `Row`s, in the order they were checked.
+        precision: One line: the dtype the check ran in, and why.
+        notes: Lines on what was held fixed, skipped or restored.
     """
 
     _HEADER = (
@@ -29,19 +45,33 @@ class GradcheckReport:
         "tensor",
         "mode",
         "check",
+        "dtype",
         "max abs err",
         "max rel err",
         "worst index",
+        "actual",
+        "expected",
         "status",
     )
 
-    def __init__(self, rows):
+    def __init__(self, rows, precision="", notes=()):
         self.rows = list(rows)
+        self.precision = precision
+        self.notes = list(notes)
 
     @property
     def ok(self):
         """Whether no row failed (skipped rows do not fail)."""
-        return all(not row.status.startswith("FAIL") for row in self.rows)
+        return not any(row.failed for row in self.rows)
+
+    def worst(self):
+        """The failed row with the largest relative error, or None."""
+        failed = [row for row in self.rows if row.failed]
+        return max(
+            failed,
+            key=lambda r: r.max_rel if r.max_rel == r.max_rel else 0.0,
+            default=None,
+        )
 
     def table(self):
         """The rows as an aligned text table."""
@@ -51,25 +81,33 @@ class GradcheckReport:
                 r.tensor,
                 r.mode,
                 r.check,
+                r.dtype,
                 f"{r.max_abs:.2e}",
                 f"{r.max_rel:.2e}",
                 r.worst_index,
+                f"{r.actual:.6g}",
+                f"{r.expected:.6g}",
                 r.status,
             )
             for r in self.rows
         ]
-        widths = [max(len(line[i]) for line in lines) for i in range(8)]
+        widths = [max(len(line[i]) for line in lines) for i in range(11)]
         return "\n".join(
             "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
             for line in lines
         )
 
     def __str__(self):
-        return self.table()
+        lines = [self.table()]
+        if self.precision:
+            lines.append(f"precision: {self.precision}")
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
 
 
 class GradcheckError(AssertionError):
-    """A gradient check failed; the message is the report's table.
+    """A gradient check failed; the message names the worst entry, with
+    its actual and expected values, then the report.
 
     Example:
 
@@ -82,10 +120,23 @@ class GradcheckError(AssertionError):
     >>> try:
     ...     gradcheck(wrong_square, tf.constant([1.0, 2.0]), modes=["eager"])
     ... except GradcheckError as error:
-    ...     print(error.report.rows[0].status)
-    FAIL
+    ...     worst = error.report.worst()
+    ...     print(worst.status, worst.worst_index, worst.actual)
+    ...     print(round(worst.expected, 6))
+    FAIL y[1] / inputs[1] 2.0
+    4.0
     """
 
     def __init__(self, report):
-        super().__init__(f"gradient check failed:\n{report.table()}")
+        worst = report.worst()
+        headline = "gradient check failed"
+        if worst is not None and worst.worst_index:
+            headline += (
+                f": worst at {worst.worst_index} ({worst.mode}, "
+                f"{worst.check}): actual {worst.actual:.6g}, expected "
+                f"{worst.expected:.6g}"
+            )
+        elif worst is not None:
+            headline += f": {worst.tensor} ({worst.mode}): {worst.status}"
+        super().__init__(f"{headline}\n{report}")
         self.report = report
