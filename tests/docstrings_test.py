@@ -9,10 +9,11 @@ import tensorflow as tf
 
 import models
 import mylayers
+import template_trainer
 
 MODULES = sorted(
     f"{package.__name__}.{info.name}"
-    for package in (mylayers, models)
+    for package in (mylayers, models, template_trainer)
     for info in pkgutil.iter_modules(package.__path__)
 )
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-import optimizers
+from template_trainer import optimizers
 
 
 def test_constant():

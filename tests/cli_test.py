@@ -1,0 +1,138 @@
+"""`train.py` as a user runs it: one subprocess test per behaviour of the
+command line (exit codes, one-line errors, what a log file receives).
+
+What the trainer decides is tested in-process elsewhere; here the process
+boundary is the point.
+"""
+
+import os
+import pty
+import subprocess
+
+import pytest
+from run_helpers import run, train_command
+
+
+def _errors(result):
+    return [s for s in result.stderr.splitlines() if s.startswith("error:")]
+
+
+def _assert_one_line_error(result, code, expected):
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [error] = _errors(result)
+    assert expected in error
+
+
+def test_a_run_logs_plain_lines_and_ends_with_done(tmp_path):
+    """Stdout is a pipe here, as in a job log: no ANSI escapes, no
+    carriage-return redraws, one line per epoch."""
+    result = run(tmp_path, "--config.num_epochs=2", "--config.model.dropout=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines.count("Epoch 1/2") == 1
+    assert any(line.startswith("41/41 - ") for line in lines)
+    [done] = [line for line in lines if line.startswith("Done: ")]
+    assert "step=82," in done
+    for name in ("val_accuracy=", "test_accuracy=", "best_test_accuracy="):
+        assert name in done
+
+
+@pytest.mark.slow
+def test_a_terminal_gets_the_redrawn_progress_bar(tmp_path):
+    """Only a real pseudo-terminal shows that the bar stays for people."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        train_command(tmp_path, "--config.num_epochs=1"),
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the trainer is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=120) == 0
+    os.close(controller)
+    assert b"\r" in output and b"\x1b[" in output
+    assert b"Done: " in output
+
+
+def test_config_error_is_one_line_and_exit_2(tmp_path):
+    result = run(tmp_path / "w", "--config.batch_size=0")
+    _assert_one_line_error(
+        result, 2, "config.batch_size=0 is invalid: expected an integer >= 1"
+    )
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "--config.batch_size=abc",
+            "--config.batch_size=abc: expected an integer",
+        ),
+        ("--config.no_such_field=1", "unknown config field 'no_such_field'"),
+        (
+            "--config.learnin_rate=1e-3",
+            "unknown config field 'learnin_rate' (in "
+            '--config.learnin_rate=1e-3). Did you mean "learning_rate"',
+        ),
+        ("--config.model.no_such=1", "unknown config field 'no_such'"),
+    ],
+)
+def test_bad_flag_is_one_line_and_exit_2(tmp_path, override, expected):
+    _assert_one_line_error(run(tmp_path / "w", override), 2, expected)
+
+
+def test_stray_argument_is_one_line_and_exit_2(tmp_path):
+    command = train_command(tmp_path, "extra")
+    result = subprocess.run(command, capture_output=True, text=True)
+    _assert_one_line_error(result, 2, "unexpected arguments ['extra']")
+
+
+def test_missing_config_file(tmp_path):
+    result = run(tmp_path, config="no_such_config.py")
+    _assert_one_line_error(result, 2, "no_such_config.py does not exist")
+
+
+CONFIG_FILES = [
+    ("config.json", '{"seed": null}', "is not a Python file"),
+    ("broken.py", "def get_config(:\n", "could not be loaded (SyntaxError"),
+    ("no_function.py", "X = 1\n", "defines no get_config()"),
+    (
+        "raises.py",
+        "def get_config():\n    return null\n",
+        "could not be loaded (NameError",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, text, expected", CONFIG_FILES, ids=[c[0] for c in CONFIG_FILES]
+)
+def test_unusable_config_file_is_one_line_error(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    _assert_one_line_error(run(tmp_path / "w", config=str(path)), 2, expected)
+
+
+@pytest.mark.slow
+def test_diverging_run_is_one_line_and_exit_1(tmp_path):
+    result = run(
+        tmp_path,
+        "--config.optimizer=sgd",
+        "--config.schedule=constant",
+        "--config.learning_rate=1e12",
+        "--config.max_consecutive_non_finite=3",
+    )
+    _assert_one_line_error(
+        result, 1, "error: 3 consecutive training steps had a NaN or Inf"
+    )
