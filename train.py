@@ -8,6 +8,7 @@ command on the same workdir resumes from its newest checkpoint.
 
 import os
 import sys
+import warnings
 
 # Keras 3 picks its backend at import time; this project is TensorFlow's.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -112,6 +113,13 @@ def main(argv):
         _fail(f"unexpected arguments {argv[1:]}; use --config.FIELD=VALUE.")
     # TensorFlow's INFO lines (saver, export) would drown the progress bars.
     logging.set_verbosity(logging.WARNING)
+    # tf.data says this whenever a distributed dataset is iterated inside a
+    # tf.function (each evaluation): nothing a user can act on.
+    warnings.filterwarnings(
+        "ignore",
+        message="To make it possible to preserve tf.data options",
+        category=UserWarning,
+    )
     try:
         config = FLAGS.config
         config.keys()  # A config file that failed to load raises here.

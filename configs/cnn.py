@@ -28,16 +28,15 @@ def get_config():
     config.model.filters = (32, 64)
     config.model.hidden_units = (128,)
     config.model.activation = "relu"
-    # Over seeds 0-3, 0.3 gives 99.15-99.44% test accuracy and 0.0 gives
-    # 98.87-99.15% (one test digit is 0.28%): both clear the 98.5% this
-    # config promises, 0.3 by more. Keras's `Conv2D`, which starts from the
-    # same weights, gives exactly the same numbers.
-    config.model.dropout = 0.3
+    # Chosen on the validation split (benchmarks/seeds.py, seeds 0-4, final
+    # model): 99.00% mean with 0.0 and with 0.5, 98.57% with 0.3; the
+    # simpler wins the tie. (One of its 140 examples is 0.71%.)
+    config.model.dropout = 0.0
 
     # optimizer
     # Convolutions share weights across positions, so the shifts of
     # `max_shift` are learnt in far fewer epochs than the MLP needs.
-    # 40 epochs (1,840 steps) take 9-10 s here, TensorFlow's start included.
+    # 40 epochs (1,640 steps) take 8-12 s here, TensorFlow's start included.
     config.num_epochs = 40
     config.val_every_epochs = 5
 

@@ -38,22 +38,27 @@ def get_config():
     config.model.name = "mlp"
     config.model.hidden_units = (256, 256)
     config.model.activation = "relu"
-    # Over seeds 0-4: 98.6-99.2% with 0.1, 98.3-98.9% without.
-    config.model.dropout = 0.1
+    # Chosen on the validation split (benchmarks/seeds.py, seeds 0-4, final
+    # model): 98.57% mean with 0.2, 98.14% with 0.1. (One of its 140
+    # examples is 0.71%: the two are within a few examples.)
+    config.model.dropout = 0.2
 
     # optimizer
     config.optimizer = "adam"  # sgd | adam | adamw
-    config.learning_rate = 3e-3  # peak of the warm-up + cosine schedule
+    # Peak of the warm-up + cosine schedule. 1e-3: 97.29% mean final
+    # validation accuracy over seeds 0-4 (at dropout 0.1, 98.14% with 3e-3).
+    config.learning_rate = 3e-3
     config.momentum = 0.9  # sgd only
     config.nesterov = False  # sgd only
     config.weight_decay = 1e-4  # adamw only
     # Decaying to 0 lets the last epochs settle: with a constant rate the
-    # final test accuracy swings by a point from epoch to epoch.
+    # final accuracy swings by a point from epoch to epoch.
     config.schedule = "warmup_cosine"  # constant | warmup_cosine | piecewise
     config.warmup_steps = 200  # warmup_cosine only
     config.boundaries = (10_000,)  # piecewise only: steps where lr drops
     config.decay_factor = 0.1  # piecewise only: lr multiplier per boundary
-    # 100 x 46 steps, ~4 s of training here.
+    # 100 x 41 steps, ~4 s of training here. 150 epochs: 98.43% mean final
+    # validation accuracy over seeds 0-4, no better.
     config.num_epochs = 100
 
     # training step (options of CustomModel.compile)

@@ -56,7 +56,7 @@ class CustomModel(keras.Model):
 
     Use it as a Functional model, `CustomModel(inputs, outputs)`, or as a base
     class. `fit`, `evaluate` and `predict` work as for `keras.Model`, and the
-    trainer in `trainer.py` drives the same `train_step` in its own loop.
+    trainer (`template_trainer`) drives the same `train_step` in its own loop.
 
     With `compile`'s defaults the update is Keras's built-in step, to float
     rounding (the tests check 20 steps to 1e-6, eagerly, in `tf.function`,

@@ -91,7 +91,7 @@ def train_and_evaluate(config, workdir, allow_config_change=False):
             _last_good_checkpoint_named(run),
             distribution.peers_watched(strategy),
         ):
-            _restore(run, config.to_json())
+            _resume(run, config.to_json())
             logs = _train(run)
             return _finish(run, logs)
 
@@ -127,8 +127,9 @@ def _last_good_checkpoint_named(run):
         raise
 
 
-def _restore(run, config_json):
-    """Restores the newest checkpoint, then records the run's config."""
+def _resume(run, config_json):
+    """Restores the newest checkpoint, then records the config and opens
+    the logs at the restored step."""
     start = time.perf_counter()
     restored = run.checkpoints.restore()
     if restored:
