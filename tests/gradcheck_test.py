@@ -284,6 +284,11 @@ def test_wrong_shape_gradient_is_named(jacobian):
         f"{layer.gamma.path})" in message
     )
     assert "skipped (a first-order gradient has the wrong shape)" in message
+    # "__forgot_batch_sum" is no valid root name scope in tf.function;
+    # the check must not leave Keras's name scope open behind it.
+    probe = keras.layers.Dense(1, name="probe")
+    probe.build((None, 1))
+    assert probe.kernel.path == "probe/kernel"
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,12 @@
 
 `gradcheck(target, inputs)` compares the gradients TensorFlow computes for
 `target` (its custom gradients included) with central finite differences, in
-float64, in eager mode, in `tf.function` and under XLA. Layers whose
-backward pass is meant to differ from the derivative of their forward pass
+float64, in eager mode, in `tf.function` and under XLA. Any layer can be
+checked, written as the Keras guides write them: it is run in float64
+without being copied (`target.py`), or, where it cannot run there, in its
+own dtype with a step and tolerances scaled to it (`numerics.py`); the
+report (`report.py`) says which, and why. Layers whose backward pass is
+meant to differ from the derivative of their forward pass
 (straight-through estimators, gradient reversal, clipping) declare a
 `reference_backward(inputs, upstream)` method, and their input gradients are
 compared with it instead.
@@ -13,6 +17,7 @@ Run `python -m mylayers.gradcheck` to check every layer in `mylayers`.
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from mylayers.gradcheck.numerics import Checker, machine_epsilon, tolerance
 from mylayers.gradcheck.report import GradcheckError, GradcheckReport, Row
@@ -33,6 +38,11 @@ __all__ = [
 ]
 
 MODES = ("eager", "function", "jit")
+
+# What a target that runs eagerly can still raise in a mode (tracing, XLA
+# compilation, a missing second derivative): reported in a row, while any
+# other exception, a bug, propagates.
+MODE_ERRORS = (tf.errors.OpError, NotImplementedError, TypeError, ValueError)
 
 
 def gradcheck(
@@ -145,7 +155,7 @@ def gradcheck(
     >>> report.ok, [row.mode for row in report.rows]
     (True, ['eager', 'function', 'jit'])
     >>> report.precision
-    'float64, inputs cast to it. Step 1e-06 ...'
+    'float64, inputs cast to it. Step 1e-06 x max(1, rms), ...'
     """
     if order not in (1, 2):
         raise ValueError(f"Expected order 1 or 2. Received: order={order!r}")
@@ -184,15 +194,19 @@ def gradcheck(
 
 
 def _precision_line(t, tol):
-    line = (
-        f"{t.precision}. Step {tol.eps:.2g} x max(1, rms), atol "
-        f"{tol.atol:.0e}, rtol {tol.rtol:.0e}"
-    )
-    if t.dtype != "float64":
+    line = f"{t.precision}. {tol.describe().capitalize()}"
+    if t.dtype == "float32":
         line += (
-            f"; in {t.dtype} errors under about {tol.rtol:.0e} relative go "
+            f"; in float32, errors under about {tol.rtol:.0e} relative go "
             "unseen, while a wrong sign, a 2x scale or a missing batch sum "
             "is caught"
+        )
+    elif t.dtype != "float64":
+        line += (
+            f"; {t.dtype} is coarse: its finite differences carry rounding "
+            "noise of a few percent of the outputs over the step, and an "
+            "error smaller than that goes unseen; dtype='float32' checks "
+            "finer"
         )
     return line
 
@@ -206,9 +220,9 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
     notes = []
     if not t.sources:
         return rows, notes
-    random_reason = _random_reason(t)
-    if random_reason:
-        rows.append(Row(t.name, "*", "*", "all", t.dtype, status=random_reason))
+    reason = _unfinite_reason(t) or _random_reason(t)
+    if reason:
+        rows.append(Row(t.name, "*", "*", "all", t.dtype, status=reason))
         return rows, notes
     if _has_batch_of_one(t):
         notes.append(
@@ -232,7 +246,7 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
             continue
         try:
             first = checker.first_order(mode, jacobian)
-        except Exception as error:
+        except MODE_ERRORS as error:
             rows.append(_mode_error(t, mode, "all", error))
             continue
         rows += first
@@ -245,7 +259,7 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
         else:
             try:
                 rows += checker.second_order(mode, jacobian)
-            except Exception as error:
+            except MODE_ERRORS as error:
                 rows.append(_mode_error(t, mode, "order 2", error))
             continue
         rows.append(
@@ -279,6 +293,20 @@ def _mode_error(t, mode, check, error):
     else:
         status = f"ERROR: {cause}"
     return Row(t.name, "*", mode, check, t.dtype, status=status)
+
+
+def _unfinite_reason(t):
+    """Why the target cannot be checked, if its outputs at `inputs` are not
+    all finite (an overflow): there is no gradient to compare there."""
+    y = np.asarray(t.fn(t.sources), np.float64)
+    if np.isfinite(y).all():
+        return None
+    first = int(np.flatnonzero(~np.isfinite(y))[0])
+    return (
+        f"skipped ({t.output_name(first)} = {y[first]} at these inputs, in "
+        f"{t.dtype}: nothing to compare; check at inputs where the outputs "
+        "are finite)"
+    )
 
 
 def _random_reason(t):

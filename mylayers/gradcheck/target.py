@@ -16,6 +16,7 @@ same state and draws the same random numbers.
 
 import contextlib
 import dataclasses
+import re
 
 import keras
 import numpy as np
@@ -88,14 +89,12 @@ def _path_name(root, path):
 
 def one_line(error):
     """`error` as `Type: cause`, on one line, for the report."""
-    text = str(error).strip().splitlines()
-    # Keras wraps call errors in a preamble; the cause is its last line.
-    lines = [line.strip() for line in text if line.strip()]
-    cause = next(
-        (line for line in lines if "Error" in line.split(":")[0]), None
-    )
-    message = cause or (lines[0] if lines else "")
-    message = message.replace("\x1b[1m", "").replace("\x1b[0m", "")
+    text = str(error)
+    # Keras wraps an error raised in call() in a preamble and puts the
+    # cause in bold; show the cause.
+    bold = re.search("\x1b\\[1m(.*?)\x1b\\[0m", text, re.S)
+    lines = [line.strip() for line in (bold[1] if bold else text).splitlines()]
+    message = next((line for line in lines if line), "")
     if len(message) > 160:
         message = message[:157] + "..."
     return f"{type(error).__name__}: {message}"
@@ -115,7 +114,7 @@ class _OutputDtypeError(TypeError):
         self.from_state = from_state
 
 
-def _float64_advice(error, dtype):
+def _float64_advice(error):
     """The one change that would let a layer run in `dtype`."""
     if isinstance(error, _OutputDtypeError) and error.from_state:
         return (
@@ -128,16 +127,12 @@ def _float64_advice(error, dtype):
             "cast to self.compute_dtype (or inputs.dtype) in call(), not "
             "to a fixed float32"
         )
-    # TensorFlow's own dtype-mismatch errors, which have no type of their
-    # own: "... expected to be a double tensor but is a float tensor".
-    text = str(error)
-    if "double" in text or "float64" in text:
-        return (
-            "create the tensors that build() and call() make with "
-            "dtype=self.compute_dtype (or cast them to inputs.dtype) "
-            "instead of a fixed float32"
-        )
-    return f"make call() work on {dtype} inputs and {dtype} weights"
+    # Nearly always a tensor made in a fixed float32 meeting a float64 one.
+    return (
+        "create the tensors that build() and call() make with "
+        "dtype=self.compute_dtype (or cast them to inputs.dtype) instead "
+        "of a fixed float32"
+    )
 
 
 class _Structure:
@@ -208,14 +203,19 @@ class _OutputNamer:
 
 @contextlib.contextmanager
 def _policies(layers, dtype):
-    """Every layer in `layers` computes in `dtype` inside the block."""
+    """Every layer in `layers` computes in `dtype` inside the block, and
+    Keras's default float type is `dtype` (what `keras.random.normal` and
+    `keras.ops.ones` make without a dtype argument)."""
     saved = [(layer, layer.dtype_policy) for layer in layers]
+    floatx = keras.config.floatx()
     try:
         if dtype is not None:
+            keras.config.set_floatx(dtype)
             for layer in layers:
                 layer.dtype_policy = dtype
         yield
     finally:
+        keras.config.set_floatx(floatx)
         for layer, policy in saved:
             layer.dtype_policy = policy
 
@@ -296,7 +296,9 @@ class _LayerFunction:
             scope.add_update((v, value))
         for v, value in zip(self.fixed, self.fixed_values):
             scope.add_update((v, value))
-        with scope:
+        # Under tf.function a layer named like a private class
+        # ("__my_layer") is not a valid root name scope; nested, it is.
+        with scope, tf.name_scope("gradcheck"):
             outputs = self.runner(*args, **self.call_kwargs)
             # Read inside the scope: a layer may return a variable it
             # updated (the guide's ComputeSum returns `self.total`).
@@ -369,6 +371,15 @@ def _probe(function, view):
     return sources, outputs, losses, state
 
 
+def _precisions_to_try(dtype, own):
+    """`dtype`, then float32 for a half-precision layer (a finer check than
+    its own dtype allows), then its own compute dtype."""
+    if dtype is None or dtype == own:
+        return [own]
+    half = own in ("float16", "bfloat16") and dtype != "float32"
+    return [dtype, *(["float32"] if half else []), own]
+
+
 def as_layer_target(
     layer, inputs, dtype, reference, training, mask, call_kwargs
 ):
@@ -383,7 +394,7 @@ def as_layer_target(
     _build(layer, args, kwargs)
     own = layer.compute_dtype
     failure = None
-    for precision in ([] if dtype in (None, own) else [dtype]) + [own]:
+    for precision in _precisions_to_try(dtype, own):
         view = None if precision == own else precision
         try:
             function = _LayerFunction(
@@ -402,21 +413,26 @@ def as_layer_target(
                     "checked. Call it once yourself on these inputs to see "
                     "the traceback."
                 ) from error
-            failure = error
-    if precision == own and dtype is None:
+            failure = failure or error  # Report why `dtype` failed.
+    if dtype is None:
         why = f"the layer's own (dtype=None: checked as it is, in {own})"
-    elif precision == own and dtype == own:
+    elif precision == dtype == own:
         why = "as asked, the layer's own"
-    elif precision == own:
-        why = (
-            f"the layer's own: {dtype} failed ({one_line(failure)}); to "
-            f"allow {dtype}, {_float64_advice(failure, dtype)}"
-        )
-    else:
+    elif precision == dtype:
         why = (
             f"every layer of '{layer.name}' computed in {dtype} for the "
             f"check; the layer itself is left as it was "
             f"({layer.dtype_policy.name})"
+        )
+    else:
+        why = (
+            "the layer's own"
+            if precision == own
+            else f"rather than the layer's own {own}"
+        )
+        why += (
+            f": {dtype} failed ({one_line(failure)}); to allow {dtype}, "
+            f"{_float64_advice(failure)}"
         )
     notes = []
     changed, seeds = _changed_state(function, state)
