@@ -309,3 +309,22 @@ def test_submodule_docstring_examples(name):
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
     )
     assert result.failed == 0
+
+
+class _EagerOnlyScale(keras.layers.Layer):
+    """Reads a tensor's value in Python: runs eagerly, cannot be traced."""
+
+    def call(self, x):
+        batch = int(tf.shape(x)[0].numpy())
+        return x * (2.0 / batch)
+
+
+def test_untraceable_layer_is_checked_eagerly_and_named():
+    with pytest.raises(mylayers.GradcheckError) as caught:
+        mylayers.gradcheck(_EagerOnlyScale(), X, modes=["eager", "function"])
+    rows = {row.mode: row for row in caught.value.report.rows}
+    assert rows["eager"].status == "ok"
+    assert rows["function"].status.startswith(
+        "ERROR: tf.function cannot trace it (AttributeError"
+    )
+    assert "the eager rows still hold" in rows["function"].status

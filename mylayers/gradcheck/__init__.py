@@ -232,6 +232,9 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
         )
     checker = Checker(t, tol, num_projections, seed)
     for mode in modes:
+        if mode != "eager" and checker.untraceable:
+            rows.append(_untraceable_row(t, mode, checker.untraceable))
+            continue
         if mode == "jit" and not t.supports_jit:
             rows.append(
                 Row(
@@ -273,6 +276,33 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
             )
         )
     return rows, notes
+
+
+def _untraceable_row(t, mode, error):
+    """A row for a mode that `tf.function` cannot trace the target in."""
+    cause = one_line(error)
+    if mode == "jit":
+        return Row(
+            t.name,
+            "*",
+            mode,
+            "all",
+            t.dtype,
+            status=f"skipped (tf.function cannot trace it: {cause})",
+        )
+    # Keras traces call() in fit, evaluate and predict: a real defect.
+    return Row(
+        t.name,
+        "*",
+        mode,
+        "all",
+        t.dtype,
+        status=(
+            f"ERROR: tf.function cannot trace it ({cause}), and Keras's fit "
+            "traces call() too: write call() with TF or keras.ops (numpy "
+            "code through mylayers.numpy_op); the eager rows still hold"
+        ),
+    )
 
 
 def _mode_error(t, mode, check, error):

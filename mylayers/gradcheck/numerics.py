@@ -246,6 +246,15 @@ class Checker:
         self._traced = {}
         self._columns = {}
         self._along = {}
+        self._untraceable = None
+
+    @property
+    def untraceable(self):
+        """Why `tf.function` cannot run the target (a `.numpy()` in call),
+        or None. Finite differences then run eagerly, and only the eager
+        mode can be checked."""
+        self._trace(self.f)
+        return self._untraceable
 
     def _forward(self, ps):
         return self.t.fn(ps)
@@ -304,8 +313,19 @@ class Checker:
                 return _f64(fn(plus)), _f64(fn(minus))
 
             self._base[fn] = _f64(fn(self.sources)).numpy()
+            traced = tf.function(side)
+            if not self._untraceable:
+                try:
+                    traced(tf.constant(0), tf.constant(1.0, tf.float64))
+                except Exception as error:  # Whatever the target raises.
+                    self._untraceable = error
+            if self._untraceable:
+                self._traced[fn] = types.SimpleNamespace(
+                    side=side, columns=None, along=along
+                )
+                return self._traced[fn]
             self._traced[fn] = types.SimpleNamespace(
-                side=tf.function(side),
+                side=traced,
                 columns=tf.function(columns, reduce_retracing=True),
                 # A few calls per tensor (projections): not worth tracing.
                 along=along,
@@ -366,7 +386,7 @@ class Checker:
         if (fn, k) not in self._columns:
             traced = self._trace(fn)
             js = np.arange(self.offsets[k], self.offsets[k + 1])
-            if len(js) >= 4 * COLUMN_BLOCK:
+            if traced.columns and len(js) >= 4 * COLUMN_BLOCK:
                 # Blocks of columns per call: for many columns the Python
                 # overhead of a call per column outweighs tracing a loop.
                 pairs = [
