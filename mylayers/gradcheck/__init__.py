@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mylayers.gradcheck.numerics import Checker, machine_epsilon, tolerance
+from mylayers.gradcheck.numerics import Checker
 from mylayers.gradcheck.report import GradcheckError, GradcheckReport, Row
 from mylayers.gradcheck.target import (
     CallError,
@@ -27,6 +27,7 @@ from mylayers.gradcheck.target import (
     as_layer_target,
     one_line,
 )
+from mylayers.gradcheck.tolerance import machine_epsilon, tolerance
 
 __all__ = [
     "MODES",
@@ -102,7 +103,8 @@ def gradcheck(
     - Every check runs in each of `modes`: "eager", "function"
       (`tf.function`) and "jit" (`jit_compile=True`; skipped for targets
       with a layer whose `supports_jit` is False, or that XLA cannot
-      compile).
+      compile). A target that `tf.function` cannot trace (a `.numpy()`
+      in `call`) is checked eagerly, and its "function" row is an ERROR.
 
     Args:
         target: A `keras.layers.Layer` or `keras.Model` (Functional,
@@ -220,7 +222,7 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
     notes = []
     if not t.sources:
         return rows, notes
-    reason = _unfinite_reason(t) or _random_reason(t)
+    reason = _nonfinite_reason(t) or _random_reason(t)
     if reason:
         rows.append(Row(t.name, "*", "*", "all", t.dtype, status=reason))
         return rows, notes
@@ -325,7 +327,7 @@ def _mode_error(t, mode, check, error):
     return Row(t.name, "*", mode, check, t.dtype, status=status)
 
 
-def _unfinite_reason(t):
+def _nonfinite_reason(t):
     """Why the target cannot be checked, if its outputs at `inputs` are not
     all finite (an overflow): there is no gradient to compare there."""
     y = np.asarray(t.fn(t.sources), np.float64)
@@ -358,12 +360,11 @@ def _random_reason(t):
 
 
 def _has_batch_of_one(t):
+    """Whether there are weights and every input is a batch of one."""
     inputs = t.sources[: t.n_in]
+    has_weights = len(t.sources) > t.n_in
     return (
         bool(inputs)
-        and t.names[t.n_in :]
-        and all(
-            x.shape.rank and x.shape.rank >= 2 and x.shape[0] == 1
-            for x in inputs
-        )
+        and has_weights
+        and all((x.shape.rank or 0) >= 2 and x.shape[0] == 1 for x in inputs)
     )

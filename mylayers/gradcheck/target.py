@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mylayers.gradcheck.numerics import PRECISIONS
+from mylayers.gradcheck.tolerance import PRECISIONS
 
 
 class CallError(ValueError):
