@@ -115,7 +115,8 @@ class _OutputDtypeError(TypeError):
 
 
 def _float64_advice(error):
-    """The one change that would let a layer run in `dtype`."""
+    """The one change that would let a layer run in float64, after
+    `error`."""
     if isinstance(error, _OutputDtypeError) and error.from_state:
         return (
             "create the layer's weights in float64 (pass dtype='float64' "
@@ -496,7 +497,13 @@ def _reference(reference, outputs):
     `reference(inputs, upstream)` with their structures."""
     if reference is None:
         return None
-    (output,) = [y for y in keras.tree.flatten(outputs)]
+    leaves = keras.tree.flatten(outputs)
+    if len(leaves) != 1:
+        raise ValueError(
+            "gradcheck compares a reference backward for targets with one "
+            f"output. Received: {len(leaves)} outputs"
+        )
+    (output,) = leaves
 
     def call(xs, upstream):
         upstream = tf.reshape(upstream, tf.shape(output))
