@@ -591,7 +591,7 @@ def test_gallery_broken_twin_fails_in_float64(name, _, broken, inputs, kwargs):
 @pytest.mark.parametrize("name, make, broken, inputs, kwargs", GALLERY, ids=IDS)
 def test_gallery_in_float32(name, make, broken, inputs, kwargs):
     """Each layer passes and its twin fails when checked as it is, in
-    float32 (`dtype=None`). Slow (about 5 s in all): float32 is where a
+    float32 (`dtype=None`). Slow (6-7 s in all): float32 is where a
     finite-difference checker cries wolf or goes blind, so every pattern
     is run there once more; the fast lane keeps the guide's first example
     and float32_only in float32."""
