@@ -294,11 +294,6 @@ class CustomModel(keras.Model):
         """
         self._step_state.check_non_finite()
 
-    def predict_step(self, data):
-        """Keras's `predict_step`: the forward pass in inference mode."""
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self(x, training=False)
-
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)

@@ -24,6 +24,7 @@ def _assert_one_line_error(result, code, expected):
     assert expected in error
 
 
+@pytest.mark.slow
 def test_a_run_logs_plain_lines_and_ends_with_done(tmp_path):
     """Stdout is a pipe here, as in a job log: no ANSI escapes, no
     carriage-return redraws, one line per epoch."""

@@ -1,7 +1,9 @@
 """Shared test set-up."""
 
 import os
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -9,6 +11,20 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Quiet TensorFlow's C++ start-up notes in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_configure(config):
+    """Datasets are prepared afresh in a directory of this test process's
+    own (train.py subprocesses inherit it), so no test leans on what an
+    earlier run left in ~/tensorflow_datasets, and parallel test processes
+    never prepare one directory at once. Set here, before any test module
+    imports TFDS, which reads TFDS_DATA_DIR once, at import."""
+    config.tfds_data_dir = tempfile.mkdtemp(prefix="tfds-")
+    os.environ["TFDS_DATA_DIR"] = config.tfds_data_dir
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.tfds_data_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

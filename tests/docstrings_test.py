@@ -45,12 +45,15 @@ def test_ci_runs_the_readme_test_command():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(repo, "README.md")) as f:
         readme = f.read()
-    commands = [
-        line for line in readme.splitlines() if "pip install -e" in line
-    ]
-    # The README's first two commands: train, then test.
+    commands = [line for line in readme.splitlines() if "pip install" in line]
+    # The README's first two commands: train, then test with the lock.
     assert "train.py --config configs/default.py" in commands[0]
+    assert "-c requirements-lock.txt" in commands[1]
     assert commands[1].endswith("pytest -q")
     with open(os.path.join(repo, ".ci", "run")) as f:
         ci = f.read()
-    assert 'pip install -e ".\\[test\\]"' in ci
+    # .ci/run greps the README for the command and runs it as written.
+    assert (
+        "grep -m1 'pip install -c requirements-lock.txt -e \".\\[test\\]\"'"
+        in ci
+    )

@@ -173,7 +173,15 @@ def test_unreachable_download_fails_fast(tmp_path, monkeypatch):
         _create(tmp_path, dataset="cifar10", download=True)
 
 
-@pytest.mark.parametrize("config_module", [mnist, fashion_mnist, cifar10])
+@pytest.mark.parametrize(
+    "config_module",
+    [
+        mnist,
+        # The three share configs/catalog.py; the fast lane runs one.
+        pytest.param(fashion_mnist, marks=pytest.mark.slow),
+        pytest.param(cifar10, marks=pytest.mark.slow),
+    ],
+)
 def test_catalog_configs_train_on_mock_data(
     tmp_path, monkeypatch, config_module
 ):

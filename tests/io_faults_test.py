@@ -44,6 +44,7 @@ def _assert_resumes(workdir, step, capsys):
     assert metrics["step"] == TOTAL
 
 
+@pytest.mark.slow
 def test_full_disk_at_a_checkpoint(tmp_path, monkeypatch, capsys):
     full = tf.errors.ResourceExhaustedError(
         None, None, "ckpt-90_temp/part-00000; No space left on device"
@@ -72,6 +73,7 @@ def test_full_disk_at_a_checkpoint(tmp_path, monkeypatch, capsys):
     _assert_resumes(tmp_path, 60, capsys)
 
 
+@pytest.mark.slow
 def test_workdir_that_becomes_unwritable(tmp_path, monkeypatch, capsys):
     """metrics.jsonl can no longer be appended to (the workdir's permissions
     or mount changed under the run)."""
@@ -92,6 +94,7 @@ def test_workdir_that_becomes_unwritable(tmp_path, monkeypatch, capsys):
     _assert_resumes(tmp_path, 60, capsys)
 
 
+@pytest.mark.slow
 def test_export_that_cannot_be_written_leaves_the_old_one(
     tmp_path, monkeypatch, capsys
 ):

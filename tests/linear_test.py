@@ -161,6 +161,7 @@ def test_wrong_input_size_names_layer(layer_class):
         layer_class(2, name="my_dense")(tf.ones((3,)))
 
 
+@pytest.mark.slow
 def test_loads_in_fresh_process(tmp_path):
     inputs = keras.Input((4,))
     hidden = mylayers.ManualLinear(8, activation="relu")(inputs)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import keras
@@ -21,10 +22,11 @@ import models  # noqa: F401  (registers the classes load_model needs)
 import template_trainer
 from template_trainer import workdir as workdir_guard
 
-# A model slow enough per step (~10-30 ms on 2 cores) to stop at a chosen
-# step, with dropout, whose RNG state the checkpoint must carry.
+# A run of one step per loop call (~15 ms a step on 2 cores, logged each
+# step), so it can be stopped near a chosen step, with dropout, whose RNG
+# state the checkpoint must carry.
 SLOW = [
-    "--config.model.hidden_units=(2048, 2048)",
+    "--config.model.hidden_units=(512, 512)",
     "--config.model.dropout=0.2",
     "--config.batch_size=128",  # 11 steps per epoch
     "--config.num_epochs=12",  # 132 steps
@@ -49,25 +51,14 @@ def uninterrupted(tmp_path_factory):
     return _weights(workdir)
 
 
-def _kill_mid_epoch(workdir, process):
-    wait_for(lambda: any(s >= 37 for s in logged_steps(workdir)), process)
-
-
-def _kill_right_after_checkpoint(workdir, process):
-    wait_for(lambda: (latest_checkpoint_step(workdir) or 0) >= 60, process)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kill_when", [_kill_mid_epoch, _kill_right_after_checkpoint]
-)
-def test_sigkill_then_resume_is_byte_identical(
-    tmp_path, uninterrupted, kill_when
-):
-    """Exact resume is the trainer's central promise; only real SIGKILLs of
-    a real subprocess at several points show it holds."""
+def test_sigkill_then_resume_is_byte_identical(tmp_path, uninterrupted):
+    """Exact resume is the trainer's central promise; only a real SIGKILL
+    of a real subprocess shows it holds. Killed between checkpoints, in the
+    middle of an epoch: the rerun trains the steps after the checkpoint
+    again, with the same data and dropout."""
     process = start(tmp_path, *SLOW)
-    kill_when(tmp_path, process)
+    wait_for(lambda: any(s >= 37 for s in logged_steps(tmp_path)), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = latest_checkpoint_step(tmp_path)
@@ -84,9 +75,12 @@ def test_sigkill_then_resume_is_byte_identical(
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_says_how_to_resume(tmp_path):
+def test_sigterm_saves_at_the_signal_and_resumes_exactly(
+    tmp_path, uninterrupted
+):
     """A preempted job gets SIGTERM from outside: only a real signal to a
-    real process shows the exit code and the message."""
+    real process shows the exit code and the message. The rerun resumes
+    from the step the signal stopped, and ends byte-identical too."""
     process = start(tmp_path, *SLOW)
     wait_for(lambda: any(s >= 25 for s in logged_steps(tmp_path)), process)
     process.send_signal(signal.SIGTERM)
@@ -103,6 +97,8 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"at step {stopped_at}." in result.stdout
     assert f"Done: step={SLOW_STEPS}" in result.stdout
+    for ours, reference in zip(_weights(tmp_path), uninterrupted):
+        np.testing.assert_array_equal(ours, reference)
 
 
 def _train(workdir, allow_config_change=False, **overrides):
@@ -113,6 +109,23 @@ def _train(workdir, allow_config_change=False, **overrides):
     )
 
 
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A finished one-epoch run of the tiny config, for tests to copy."""
+    workdir = tmp_path_factory.mktemp("one_epoch")
+    _train(workdir, num_epochs=1)
+    return workdir
+
+
+@pytest.fixture
+def finished(one_epoch, tmp_path):
+    """A copy of `one_epoch`'s workdir, for one test to resume or damage."""
+    workdir = tmp_path / "run"
+    shutil.copytree(one_epoch, workdir)
+    return workdir
+
+
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back(tmp_path, capsys, caplog):
     _train(tmp_path, checkpoint_every_steps=30)  # saves 30, 60, 82
     data = tmp_path / "checkpoints" / "ckpt-82.data-00000-of-00001"
@@ -135,29 +148,29 @@ def test_second_trainer_on_same_workdir_fails_fast(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_resume_with_other_config_is_refused(tmp_path, capsys):
-    _train(tmp_path, num_epochs=1)
+@pytest.mark.slow
+def test_resume_with_other_config_is_refused(finished, capsys):
     with pytest.raises(workdir_guard.ConfigMismatchError) as refused:
-        _train(tmp_path, num_epochs=2, hidden_units=(32,))
+        _train(finished, num_epochs=2, hidden_units=(32,))
     message = str(refused.value)
     assert "model.hidden_units: [16] -> [32]" in message
     assert "num_epochs" not in message  # the run length may change
 
-    _train(tmp_path, num_epochs=2)
+    _train(finished, num_epochs=2)
     assert f"at step {STEPS_PER_EPOCH}." in capsys.readouterr().out
 
     metrics = _train(
-        tmp_path, allow_config_change=True, num_epochs=3, learning_rate=1e-4
+        finished, allow_config_change=True, num_epochs=3, learning_rate=1e-4
     )
     assert metrics["step"] == 3 * STEPS_PER_EPOCH
 
 
-def test_settings_that_leave_the_computation_may_change(tmp_path, capsys):
+@pytest.mark.slow
+def test_settings_that_leave_the_computation_may_change(finished, capsys):
     """Checkpoint cadence, keep-K and the logging interval change how often
     the run saves and logs, not what it computes."""
-    _train(tmp_path, num_epochs=1)
     metrics = _train(
-        tmp_path,
+        finished,
         num_epochs=2,
         checkpoint_every_steps=20,
         checkpoint_every_secs=60,
@@ -166,36 +179,36 @@ def test_settings_that_leave_the_computation_may_change(tmp_path, capsys):
     )
     assert f"at step {STEPS_PER_EPOCH}." in capsys.readouterr().out
     assert metrics["step"] == 2 * STEPS_PER_EPOCH
-    saved = json.loads((tmp_path / "config.json").read_text())
+    saved = json.loads((finished / "config.json").read_text())
     assert saved["steps_per_loop"] == 7
 
 
-def test_run_of_an_older_trainer_is_refused_in_one_line(tmp_path):
+@pytest.mark.slow
+def test_run_of_an_older_trainer_is_refused_in_one_line(finished):
     """Before the validation split, config.json had no val_fraction; such a
     run trained on other examples and cannot resume."""
-    _train(tmp_path, num_epochs=1)
-    path = tmp_path / "config.json"
+    path = finished / "config.json"
     old = json.loads(path.read_text())
     del old["val_fraction"]
     path.write_text(json.dumps(old))
     for allow in (False, True):
         with pytest.raises(workdir_guard.ConfigMismatchError) as refused:
-            _train(tmp_path, allow_config_change=allow, num_epochs=2)
+            _train(finished, allow_config_change=allow, num_epochs=2)
         assert "older version of this trainer" in str(refused.value)
         assert "use a new --workdir" in str(refused.value)
     assert json.loads(path.read_text()) == old
 
 
-def test_model_change_with_allow_config_change_keeps_the_run(tmp_path, capsys):
+@pytest.mark.slow
+def test_model_change_with_allow_config_change_keeps_the_run(finished, capsys):
     """A config that changes the model's shapes cannot resume the run: it
     must say so (not call good checkpoints damaged) and leave config.json
     as it was, so the original command still resumes."""
-    _train(tmp_path, num_epochs=1)
-    saved = (tmp_path / "config.json").read_text()
+    saved = (finished / "config.json").read_text()
     error = template_trainer.checkpoints.CheckpointMismatchError
     with pytest.raises(error) as changed:
         _train(
-            tmp_path,
+            finished,
             allow_config_change=True,
             num_epochs=2,
             hidden_units=(32,),
@@ -203,12 +216,13 @@ def test_model_change_with_allow_config_change_keeps_the_run(tmp_path, capsys):
     assert f"ckpt-{STEPS_PER_EPOCH} does not fit the model of this config" in (
         str(changed.value)
     )
-    assert (tmp_path / "config.json").read_text() == saved
+    assert (finished / "config.json").read_text() == saved
     capsys.readouterr()
-    _train(tmp_path, num_epochs=2)
+    _train(finished, num_epochs=2)
     assert f"at step {STEPS_PER_EPOCH}." in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_workdir_without_checkpoint_takes_a_new_config(tmp_path):
     """A run that failed before its first save left config.json but nothing
     to resume: a corrected config must start afresh, not be refused."""
@@ -220,17 +234,18 @@ def test_workdir_without_checkpoint_takes_a_new_config(tmp_path):
     assert logged_steps(tmp_path) == [STEPS_PER_EPOCH]
 
 
-def test_half_written_metrics_line_does_not_break_the_resume(tmp_path):
-    _train(tmp_path, num_epochs=1)
-    with open(tmp_path / "metrics.jsonl", "a") as f:
+@pytest.mark.slow
+def test_half_written_metrics_line_does_not_break_the_resume(finished):
+    with open(finished / "metrics.jsonl", "a") as f:
         f.write('{"step": 50, "loss": 0.')  # cut off mid-write
-    _train(tmp_path, num_epochs=2)
-    assert (tmp_path / "curves.png").exists()
-    assert logged_steps(tmp_path) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
-    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+    _train(finished, num_epochs=2)
+    assert (finished / "curves.png").exists()
+    assert logged_steps(finished) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    for line in (finished / "metrics.jsonl").read_text().splitlines():
         assert line.endswith("}")
 
 
+@pytest.mark.slow
 def test_rerun_past_the_end_says_there_is_nothing_to_train(tmp_path, capsys):
     first = _train(tmp_path, num_epochs=2)
     capsys.readouterr()

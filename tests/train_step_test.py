@@ -15,7 +15,9 @@ import models
 import mylayers
 
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
-MODES = ["eager", "function", "jit"]
+# XLA compiles each step anew (~1 s a test): the fast lane runs the other
+# two modes.
+MODES = ["eager", "function", pytest.param("jit", marks=pytest.mark.slow)]
 
 
 def _data(n=64, seed=0):

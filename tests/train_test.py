@@ -135,6 +135,7 @@ def test_fast_dev_run_trains_a_few_steps_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_overfit_batches_drives_the_validation_loss_to_zero(tmp_path):
     config = tiny_config(overfit_batches=2, num_epochs=100)
     config.model.hidden_units = (64,)
@@ -145,6 +146,7 @@ def test_overfit_batches_drives_the_validation_loss_to_zero(tmp_path):
     assert metrics["val_loss"] < 0.05
 
 
+@pytest.mark.slow
 def test_sigint_in_the_loop_saves_and_stops(tmp_path, monkeypatch):
     """Ctrl-C (SIGINT) during training: the loop saves the current step and
     raises `Preempted`, whose exit code is the shell's, 130."""
@@ -175,6 +177,7 @@ def test_sigint_in_the_loop_saves_and_stops(tmp_path, monkeypatch):
     assert resumed["step"] == TOTAL
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_with_the_guards_message(tmp_path):
     config = tiny_config(
         optimizer="sgd",

@@ -148,6 +148,7 @@ def test_global_clipnorm_bounds_the_update():
     assert norm == pytest.approx(1e-3, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_updates_once_per_k_steps():
     run = _run(gradient_accumulation_steps=2)
     before = _weights(run.model)
@@ -158,6 +159,7 @@ def test_gradient_accumulation_updates_once_per_k_steps():
     assert any((a != b).any() for a, b in zip(_weights(run.model), before))
 
 
+@pytest.mark.slow
 def test_non_finite_guard_skips_a_nan_batch():
     run = _run(max_consecutive_non_finite=3)
     before = _weights(run.model)
@@ -168,6 +170,7 @@ def test_non_finite_guard_skips_a_nan_batch():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on", [True, False])
 def test_gradient_norm_logging(on):
     run = _run(log_grad_norm=on, layer_grad_norms=on)
@@ -194,11 +197,13 @@ def _xla_calls(run):
     return [f for f in library if f.attr["_XlaMustCompile"].b]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [True, False])
 def test_jit_compile_compiles_the_step_with_xla(jit):
     assert bool(_xla_calls(_run(jit_compile=jit))) == jit
 
 
+@pytest.mark.slow
 def test_seed_decides_the_weights_and_the_data():
     def start(seed):
         run = _run(seed=seed)
@@ -212,6 +217,7 @@ def test_seed_decides_the_weights_and_the_data():
         assert not np.array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "metric, mode", [("val_accuracy", "min"), ("val_loss", "max")]
 )
@@ -241,6 +247,7 @@ class _Clock:
         return self.now
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tick, saved", [(0.0, [123]), (1.0, None)])
 def test_checkpoint_every_secs_saves_by_time(
     tmp_path, monkeypatch, tick, saved
