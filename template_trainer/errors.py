@@ -6,6 +6,7 @@ subclass's `exit_code`. No module reads another's message text.
 """
 
 import contextlib
+import re
 
 import tensorflow as tf
 
@@ -81,11 +82,17 @@ WRITE_FAILURES = (
 
 
 def _reason(error):
+    """One short line: the OS's reason, or the end of TensorFlow's message,
+    where it puts the OS's ("... No space left on device")."""
     if isinstance(error, OSError):
         return error.strerror or str(error)
-    # TensorFlow's message ends with the OS's reason ("No space left on
-    # device"); its first line is enough.
-    return " ".join(error.message.split("\n")[0].split())[:200]
+    message = " ".join(error.message.split())
+    # Drop TensorFlow's op wrappers: "{{function_node ...}} " and " [Op:X]".
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", message)
+    message = re.sub(r"\s*\[Op:\w+\]$", "", message)
+    if len(message) > 160:
+        message = "..." + message[-157:]
+    return f"{type(error).__name__}: {message}"
 
 
 @contextlib.contextmanager

@@ -62,9 +62,10 @@ def test_full_disk_at_a_checkpoint(tmp_path, monkeypatch, capsys):
         template_trainer.train_and_evaluate(_config(), str(tmp_path))
     message = str(failed.value)
     assert message.startswith("could not write the checkpoint to ")
-    assert "ckpt-90 (ckpt-90_temp/part-00000; No space left on device)" in (
-        message
-    )
+    assert (
+        "ckpt-90 (ResourceExhaustedError: ckpt-90_temp/part-00000; No space "
+        "left on device)"
+    ) in message
     assert f"last good checkpoint, {tmp_path}/checkpoints/ckpt-60 " in message
     assert "(step 60)" in message and "rerun the same command" in message
     assert "\n" not in message
