@@ -123,17 +123,3 @@ def test_unusable_config_file_is_one_line_error(tmp_path, name, text, expected):
     path = tmp_path / name
     path.write_text(text)
     _assert_one_line_error(run(tmp_path / "w", config=str(path)), 2, expected)
-
-
-@pytest.mark.slow
-def test_diverging_run_is_one_line_and_exit_1(tmp_path):
-    result = run(
-        tmp_path,
-        "--config.optimizer=sgd",
-        "--config.schedule=constant",
-        "--config.learning_rate=1e12",
-        "--config.max_consecutive_non_finite=3",
-    )
-    _assert_one_line_error(
-        result, 1, "error: 3 consecutive training steps had a NaN or Inf"
-    )

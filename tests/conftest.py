@@ -1,4 +1,9 @@
-"""Shared test set-up."""
+"""Shared test set-up.
+
+Fixtures that cost a training run are session-scoped and used by the tests
+of one file: under `--dist loadfile` (pyproject.toml) a file runs in one
+test process, so each such run is made once.
+"""
 
 import os
 import shutil

@@ -36,7 +36,7 @@ def _images(dataset):
     return np.concatenate([b[0].numpy() for b in dataset])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     return _create(tmp_path_factory.mktemp("data"))
 

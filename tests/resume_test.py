@@ -43,62 +43,57 @@ def _weights(workdir):
     return model.get_weights()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = run(workdir, *SLOW)
+def _uninterrupted_weights(tmp_path):
+    result = run(tmp_path / "uninterrupted", *SLOW)
     assert result.returncode == 0, result.stderr[-3000:]
-    return _weights(workdir)
+    return _weights(tmp_path / "uninterrupted")
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_is_byte_identical(tmp_path, uninterrupted):
-    """Exact resume is the trainer's central promise; only a real SIGKILL
-    of a real subprocess shows it holds. Killed between checkpoints, in the
-    middle of an epoch: the rerun trains the steps after the checkpoint
-    again, with the same data and dropout."""
-    process = start(tmp_path, *SLOW)
-    wait_for(lambda: any(s >= 37 for s in logged_steps(tmp_path)), process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = latest_checkpoint_step(tmp_path)
-    assert killed_at is not None and 0 < killed_at < SLOW_STEPS
-    assert not (tmp_path / "model.keras").exists()
+def test_sigterm_then_sigkill_then_resume_is_byte_identical(tmp_path):
+    """Exact resume is the trainer's central promise; only real signals to
+    a real subprocess show it holds.
 
-    result = run(tmp_path, *SLOW)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {killed_at}." in result.stdout
-    for ours, reference in zip(_weights(tmp_path), uninterrupted):
-        np.testing.assert_array_equal(ours, reference)
-    # Steps logged after the checkpoint and trained again are logged once.
-    assert logged_steps(tmp_path) == list(range(1, SLOW_STEPS + 1))
-
-
-@pytest.mark.slow
-def test_sigterm_saves_at_the_signal_and_resumes_exactly(
-    tmp_path, uninterrupted
-):
-    """A preempted job gets SIGTERM from outside: only a real signal to a
-    real process shows the exit code and the message. The rerun resumes
-    from the step the signal stopped, and ends byte-identical too."""
-    process = start(tmp_path, *SLOW)
-    wait_for(lambda: any(s >= 25 for s in logged_steps(tmp_path)), process)
+    One run, stopped twice: SIGTERM (a preempted job: it saves at the
+    signal, says how to resume and exits 143), then, after the rerun has
+    passed its next checkpoint, SIGKILL in the middle of an epoch (the
+    second rerun trains the steps after that checkpoint again, with the
+    same data and dropout). It ends byte-identical to a run never stopped.
+    """
+    workdir = tmp_path / "stopped"
+    process = start(workdir, *SLOW)
+    wait_for(lambda: any(s >= 25 for s in logged_steps(workdir)), process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in stderr
-    stopped_at = latest_checkpoint_step(tmp_path)
+    stopped_at = latest_checkpoint_step(workdir)
     assert f"stopped by SIGTERM at step {stopped_at}" in stderr
     assert "Rerun the same command to resume" in stderr
     # Saved at the signal, not at the last scheduled checkpoint.
     assert stopped_at % 10 != 0 or stopped_at >= 25
 
-    result = run(tmp_path, *SLOW)
+    process = start(workdir, *SLOW)
+    kill_after = max(stopped_at + 12, 37)
+    wait_for(
+        lambda: any(s >= kill_after for s in logged_steps(workdir)), process
+    )
+    process.send_signal(signal.SIGKILL)
+    _, _ = process.communicate()
+    killed_at = latest_checkpoint_step(workdir)
+    assert stopped_at < killed_at < SLOW_STEPS
+    assert not (workdir / "model.keras").exists()
+
+    result = run(workdir, *SLOW)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {stopped_at}." in result.stdout
+    assert f"at step {killed_at}." in result.stdout
     assert f"Done: step={SLOW_STEPS}" in result.stdout
-    for ours, reference in zip(_weights(tmp_path), uninterrupted):
+    for ours, reference in zip(
+        _weights(workdir), _uninterrupted_weights(tmp_path), strict=True
+    ):
         np.testing.assert_array_equal(ours, reference)
+    # Steps logged after a checkpoint and trained again are logged once.
+    assert logged_steps(workdir) == list(range(1, SLOW_STEPS + 1))
 
 
 def _train(workdir, allow_config_change=False, **overrides):
@@ -109,7 +104,7 @@ def _train(workdir, allow_config_change=False, **overrides):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_epoch(tmp_path_factory):
     """A finished one-epoch run of the tiny config, for tests to copy."""
     workdir = tmp_path_factory.mktemp("one_epoch")

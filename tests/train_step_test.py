@@ -497,7 +497,7 @@ def test_accumulation_on_an_already_accumulating_optimizer_raises():
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mirrored_report():
     """Needs its own process: logical CPUs must be set before TF starts.
 

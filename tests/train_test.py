@@ -19,7 +19,7 @@ EPOCHS = 3
 TOTAL = EPOCHS * STEPS_PER_EPOCH  # 123
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One run shared by the tests that only read what it left."""
     workdir = tmp_path_factory.mktemp("tiny")
