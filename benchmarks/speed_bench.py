@@ -521,7 +521,7 @@ def _print_table(results):
     )
     d = results["default_run"]
     print(
-        f"default digits run: 98% test accuracy after "
+        f"default digits run: 98% validation accuracy after "
         f"{d['seconds_to_98pct']:.1f} s of training; checkpoint overhead "
         f"{100 * d['checkpoint_overhead_default']:.1f}% at the default "
         f"cadence, {100 * d['checkpoint_overhead_every_10_epochs']:.1f}% "

@@ -98,7 +98,6 @@ def create_run(config, workdir, strategy):
     model = compiled_model(config, data.info, strategy, total_steps)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     iterator = iter(data.train)
-    writes = workdir is not None
     return Run(
         model=model,
         strategy=strategy,
@@ -122,7 +121,7 @@ def create_run(config, workdir, strategy):
         # Created once the checkpoint is restored (`Writer` drops the
         # records of steps that are about to be trained again).
         writer=None,
-        workdir=workdir if writes else None,
+        workdir=workdir,
         is_chief=is_chief,
         worker_index=worker_index,
         total_steps=total_steps,
