@@ -44,11 +44,7 @@ class Writer:
                 for r in read_records(self._jsonl_path)
                 if r["step"] <= start_step
             ]
-            temporary = self._jsonl_path + ".tmp"
-            with errors.writing("metrics", self._jsonl_path):
-                with open(temporary, "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in kept)
-                os.replace(temporary, self._jsonl_path)
+            self._rewrite(kept)
 
     def write(self, step, scalars):
         """Writes `scalars` at `step` to both.
@@ -56,11 +52,7 @@ class Writer:
         Raises:
             errors.WriteError: either could not be written.
         """
-        with errors.writing("TensorBoard summaries", self._tb_path):
-            with self._tb.as_default(step=step):
-                for name, value in scalars.items():
-                    tf.summary.scalar(name, value)
-            self._tb.flush()
+        self._tensorboard(step, scalars)
         with errors.writing("metrics", self._jsonl_path):
             with open(self._jsonl_path, "a") as f:
                 f.write(json.dumps({"step": step, **scalars}) + "\n")
@@ -73,16 +65,23 @@ class Writer:
         Raises:
             errors.WriteError: either could not be written.
         """
-        with errors.writing("TensorBoard summaries", self._tb_path):
-            with self._tb.as_default(step=step):
-                for name, value in scalars.items():
-                    tf.summary.scalar(name, value)
-            self._tb.flush()
+        self._tensorboard(step, scalars)
         records = read_records(self._jsonl_path)
         if records and records[-1]["step"] == step:
             records[-1].update(scalars)
         else:
             records.append({"step": step, **scalars})
+        self._rewrite(records)
+
+    def _tensorboard(self, step, scalars):
+        with errors.writing("TensorBoard summaries", self._tb_path):
+            with self._tb.as_default(step=step):
+                for name, value in scalars.items():
+                    tf.summary.scalar(name, value)
+            self._tb.flush()
+
+    def _rewrite(self, records):
+        """Replaces `metrics.jsonl` with `records`, in one step."""
         temporary = self._jsonl_path + ".tmp"
         with errors.writing("metrics", self._jsonl_path):
             with open(temporary, "w") as f:
