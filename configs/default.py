@@ -89,7 +89,8 @@ def get_config():
     # The best checkpoint is kept and exported by this validation metric:
     # val_accuracy | val_loss.
     config.best_metric = "val_accuracy"
-    config.best_mode = "max"  # max | min
+    # auto: min for a loss, max otherwise | max | min
+    config.best_mode = "auto"
 
     # quick checks of a new layer or model
     # N > 0: N train steps, N validation and N test batches, no writes.

@@ -31,6 +31,11 @@ class CheckpointMismatchError(errors.RunError):
     """The checkpoint is readable but holds a model of other shapes."""
 
 
+# A damaged file surfaces as any of these, depending on where the damage
+# is; a later successful restore overwrites every object.
+_RESTORE_FAILURES = (tf.errors.OpError, ValueError, AssertionError, IndexError)
+
+
 def has_checkpoint(workdir):
     """Whether `workdir` holds a checkpoint to resume from."""
     return os.path.exists(os.path.join(workdir, CHECKPOINTS, "checkpoint"))
@@ -156,14 +161,7 @@ class Checkpoints:
         for path in paths:
             try:
                 self._state.restore(path).assert_existing_objects_matched()
-            # A damaged file surfaces as any of these, depending on where the
-            # damage is; a later successful restore overwrites every object.
-            except (
-                tf.errors.OpError,
-                ValueError,
-                AssertionError,
-                IndexError,
-            ) as e:
+            except _RESTORE_FAILURES as e:
                 if "incompatible tensor with shape" in str(e):
                     # TensorFlow has no type for it. Not damage: every
                     # checkpoint of the run has these shapes.

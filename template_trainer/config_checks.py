@@ -127,7 +127,7 @@ def validate(config):
     _bool(config, "jit_compile")
     _int(config, "val_every_epochs", 1)
     _choice(config, "best_metric", VAL_METRICS)
-    _choice(config, "best_mode", ("max", "min"))
+    _choice(config, "best_mode", ("auto", "max", "min"))
     _int(config, "fast_dev_run", 0)
     _int(config, "overfit_batches", 0)
 

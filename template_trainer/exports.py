@@ -33,10 +33,13 @@ def export(model, workdir, prefix=""):
     with errors.writing("model export", saved_path):
         try:
             model.export(partial, verbose=False)
-            # A directory cannot be swapped in one step: the old one goes
-            # only once the new one is complete.
+            # A directory cannot be swapped in one step: the old one is
+            # moved aside only once the new one is complete, and deleted
+            # once the new one is in place.
+            old = saved_path + ".old"
             if os.path.exists(saved_path):
-                shutil.rmtree(saved_path)
+                os.replace(saved_path, old)
             os.replace(partial, saved_path)
+            shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(partial, ignore_errors=True)

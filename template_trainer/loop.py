@@ -137,7 +137,8 @@ def _resume(run, config_json):
             f"Resuming from {restored} at step {int(run.step)}. "
             f"(restored in {time.perf_counter() - start:.2f} s)"
         )
-    if int(run.step) >= run.total_steps:
+    finished = int(run.step) >= run.total_steps
+    if finished:
         print(
             f"The run is already at step {int(run.step)}, at or past this "
             f"config's {run.total_steps} steps: nothing to train. Raise "
@@ -145,8 +146,10 @@ def _resume(run, config_json):
         )
     if run.workdir and run.is_chief:
         # Only now: a config that cannot restore the run never replaces the
-        # one that can.
-        workdir_guard.save_config(run.workdir, config_json)
+        # one that can; and one that trains nothing never replaces the one
+        # the weights were trained with.
+        if not finished:
+            workdir_guard.save_config(run.workdir, config_json)
         run.writer = summaries.Writer(run.workdir, int(run.step))
 
 
@@ -181,7 +184,7 @@ def _train(run):
                 if signum:
                     checkpoint = run.checkpoints.save()
                     raise Preempted(
-                        signum, int(run.step), checkpoint, bool(signals)
+                        signum, int(run.step), checkpoint, here=bool(signals)
                     )
     return logs
 

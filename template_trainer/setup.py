@@ -116,7 +116,7 @@ def create_run(config, workdir, strategy):
             every_steps=config.checkpoint_every_steps,
             every_secs=config.checkpoint_every_secs,
             keep=config.max_checkpoints_to_keep,
-            best_mode=config.best_mode,
+            best_mode=best_mode(config.best_metric, config.best_mode),
         ),
         # Created once the checkpoint is restored (`Writer` drops the
         # records of steps that are about to be trained again).
@@ -130,6 +130,14 @@ def create_run(config, workdir, strategy):
         val_every_epochs=config.val_every_epochs,
         best_metric=config.best_metric,
     )
+
+
+def best_mode(metric, mode):
+    """`mode`, or for "auto" the one that suits `metric`: lower is better
+    for a loss, higher for anything else (accuracy)."""
+    if mode != "auto":
+        return mode
+    return "min" if metric.endswith("_loss") else "max"
 
 
 def compiled_model(config, info, strategy, total_steps):

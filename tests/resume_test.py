@@ -250,4 +250,6 @@ def test_rerun_past_the_end_says_there_is_nothing_to_train(tmp_path, capsys):
     )
     # The same model, tested again: the same figures, each step logged once.
     assert again["test_accuracy"] == first["test_accuracy"]
+    # A config that trained nothing does not replace the one that did.
+    assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 2
     assert logged_steps(tmp_path) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]

@@ -236,6 +236,20 @@ def test_best_metric_and_mode_choose_the_best_step(tmp_path):
     assert metrics[f"best_{metric}"] == pytest.approx(pick(values.values()))
 
 
+@pytest.mark.parametrize(
+    "metric, mode, expected",
+    [
+        ("val_loss", "auto", "min"),
+        ("val_accuracy", "auto", "max"),
+        ("val_loss", "max", "max"),
+    ],
+)
+def test_best_mode_auto_suits_the_metric(metric, mode, expected):
+    """The default, "auto", keeps the lowest loss and the highest accuracy
+    (a fixed "max" once kept the worst model by `val_loss`)."""
+    assert setup.best_mode(metric, mode) == expected
+
+
 class _Clock:
     """`time` for `checkpoints`, whose `monotonic()` moves by `tick`."""
 
