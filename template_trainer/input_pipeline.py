@@ -6,7 +6,9 @@ evaluates once, at the end. A dataset without a validation split of its own
 gives up a deterministic, stratified slice of its training split.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import socket
 import urllib.parse
@@ -81,6 +83,18 @@ def _unavailable(name, builder, why):
     )
 
 
+@contextlib.contextmanager
+def _preparing(builder, name):
+    """Holds a lock while `name` is prepared: several trainers on one
+    machine (the workers of a multi-worker run) that start on a dataset not
+    yet prepared would otherwise write the same files at once, and fail."""
+    root = builder.data_dir_root
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".{name}.prepare.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _prepare(name, data_dir, download):
     """Returns the TFDS builder of `name`, prepared.
 
@@ -90,8 +104,11 @@ def _prepare(name, data_dir, download):
     """
     builder = tfds.builder(name, data_dir=data_dir)
     if name in OFFLINE or builder.is_prepared():
-        builder.download_and_prepare()
-        return builder
+        with _preparing(builder, name):
+            builder.download_and_prepare()
+        # Anew: if another trainer prepared it while this one waited, this
+        # builder's info still describes an empty dataset.
+        return tfds.builder(name, data_dir=data_dir)
     if not download:
         raise _unavailable(
             name, builder, "downloading is off (config.download)"
@@ -101,12 +118,13 @@ def _prepare(name, data_dir, download):
             name, builder, "its download servers are unreachable"
         )
     try:
-        builder.download_and_prepare()
+        with _preparing(builder, name):
+            builder.download_and_prepare()
     except Exception as e:  # TFDS raises many unrelated types offline.
         raise _unavailable(
             name, builder, f"downloading it failed ({type(e).__name__})"
         ) from e
-    return builder
+    return tfds.builder(name, data_dir=data_dir)
 
 
 def validation_mask(labels, fraction):
