@@ -284,27 +284,15 @@ def _untraceable_row(t, mode, error):
     """A row for a mode that `tf.function` cannot trace the target in."""
     cause = one_line(error)
     if mode == "jit":
-        return Row(
-            t.name,
-            "*",
-            mode,
-            "all",
-            t.dtype,
-            status=f"skipped (tf.function cannot trace it: {cause})",
-        )
-    # Keras traces call() in fit, evaluate and predict: a real defect.
-    return Row(
-        t.name,
-        "*",
-        mode,
-        "all",
-        t.dtype,
-        status=(
+        status = f"skipped (tf.function cannot trace it: {cause})"
+    else:
+        # Keras traces call() in fit, evaluate and predict: a real defect.
+        status = (
             f"ERROR: tf.function cannot trace it ({cause}), and Keras's fit "
             "traces call() too: write call() with TF or keras.ops (numpy "
             "code through mylayers.numpy_op); the eager rows still hold"
-        ),
-    )
+        )
+    return Row(t.name, "*", mode, "all", t.dtype, status=status)
 
 
 def _mode_error(t, mode, check, error):
