@@ -1,8 +1,10 @@
 """Custom Keras layers: forward-only ones, and ones with custom gradients."""
 
+from mylayers.causal_self_attention import CausalSelfAttention
 from mylayers.clip_gradient import ClipGradient
 from mylayers.conv2d import Conv2D
 from mylayers.gradcheck import GradcheckError, gradcheck
+from mylayers.gradient_checkpoint import GradientCheckpoint
 from mylayers.gradient_reversal import GradientReversal
 from mylayers.linear import Linear
 from mylayers.manual_linear import ManualLinear
@@ -12,11 +14,15 @@ from mylayers.numpy_linear import NumpyLinear
 from mylayers.rms_norm import RMSNorm
 from mylayers.stable_softplus import StableSoftplus
 from mylayers.straight_through_quantize import StraightThroughQuantize
+from mylayers.token_embedding import TokenEmbedding
+from mylayers.transformer_block import TransformerBlock
 
 __all__ = [
+    "CausalSelfAttention",
     "ClipGradient",
     "Conv2D",
     "GradcheckError",
+    "GradientCheckpoint",
     "GradientReversal",
     "Linear",
     "MLPBlock",
@@ -25,6 +31,8 @@ __all__ = [
     "RMSNorm",
     "StableSoftplus",
     "StraightThroughQuantize",
+    "TokenEmbedding",
+    "TransformerBlock",
     "gradcheck",
     "numpy_op",
 ]

@@ -19,10 +19,13 @@ class MLPBlock(keras.layers.Layer):
         hidden_units: Positive integer, the width of the hidden layer.
         activation: Activation of the hidden layer (name or callable).
         epsilon: `RMSNorm`'s epsilon.
+        dropout: Dropout rate on the branch, before it is added to `x`,
+            in [0, 1).
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: A tensor of rank >= 2 whose last axis is `features`.
+        training: Whether dropout is on.
 
     Input shape:
         `(..., features)`.
@@ -39,13 +42,24 @@ class MLPBlock(keras.layers.Layer):
     5
     """
 
-    def __init__(self, hidden_units, activation="gelu", epsilon=1e-6, **kwargs):
+    def __init__(
+        self,
+        hidden_units,
+        activation="gelu",
+        epsilon=1e-6,
+        dropout=0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.hidden_units = checks.positive_int(
             self, "hidden_units", hidden_units
         )
         self.activation = keras.activations.get(activation)
         self.epsilon = epsilon
+        self.dropout = checks.dropout_rate(self, dropout)
+        self.dropout_layer = keras.layers.Dropout(
+            dropout, dtype=self.dtype_policy
+        )
         # Sublayers inherit this layer's dtype policy (mixed precision too).
         self.norm = RMSNorm(epsilon, dtype=self.dtype_policy, name="norm")
         self.hidden = Linear(
@@ -54,6 +68,8 @@ class MLPBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="hidden",
         )
+        # Position-wise: a padding mask passes through unchanged.
+        self.supports_masking = True
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
@@ -66,8 +82,9 @@ class MLPBlock(keras.layers.Layer):
             min_ndim=2, axes={-1: features}
         )
 
-    def call(self, inputs):
-        return inputs + self.out(self.hidden(self.norm(inputs)))
+    def call(self, inputs, training=None):
+        branch = self.out(self.hidden(self.norm(inputs)))
+        return inputs + self.dropout_layer(branch, training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -78,4 +95,5 @@ class MLPBlock(keras.layers.Layer):
             "hidden_units": self.hidden_units,
             "activation": keras.activations.serialize(self.activation),
             "epsilon": self.epsilon,
+            "dropout": self.dropout,
         }

@@ -47,6 +47,8 @@ class RMSNorm(keras.layers.Layer):
         )
         self.epsilon = float(epsilon)
         self.scale_initializer = keras.initializers.get(scale_initializer)
+        # Position-wise: a padding mask passes through unchanged.
+        self.supports_masking = True
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):

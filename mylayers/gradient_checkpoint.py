@@ -1,0 +1,120 @@
+"""Gradient checkpointing: a wrapper that recomputes its layer backward."""
+
+import inspect
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="mylayers")
+class GradientCheckpoint(keras.layers.Wrapper):
+    """Runs `layer` forward keeping none of its activations; the backward
+    pass runs `layer` again to get them, then differentiates that rerun.
+
+    `y = layer(x)`, with the gradients autodiff would give, but the memory
+    of `layer`'s intermediate activations (attention weights, MLP hidden
+    units: often most of a transformer's training memory) is held for one
+    wrapped layer at a time, during its own backward pass, instead of for
+    every layer from the forward pass to the backward one. The price is one
+    more forward pass of `layer` per step (`benchmarks/lm_memory_bench.py`
+    measures both).
+
+    Autodiff cannot do this by itself: it keeps whatever its backward pass
+    will read. So the gradient is custom (`_checkpointed`): the forward
+    pass runs `layer` off the tape, and the backward pass reruns it on a
+    tape of its own. The rerun reads the weights and the random state
+    (dropout's seed) as they were in the forward pass, so it recomputes
+    the same activations and the same dropout mask; state the forward pass
+    updates (the seed's next value) is applied once, after it.
+
+    Args:
+        layer: The layer to wrap, with one tensor input and one tensor
+            output (`mask=` and `training=` are passed on if it takes them).
+        **kwargs: Base layer arguments (`name`, ...).
+
+    Call arguments:
+        inputs: `layer`'s input.
+        mask: Optional Keras mask, passed to `layer` and on.
+        training: Passed to `layer`.
+
+    Input shape:
+        `layer`'s.
+
+    Output shape:
+        `layer`'s.
+
+    Example:
+
+    >>> from mylayers import Linear
+    >>> layer = GradientCheckpoint(Linear(3))
+    >>> x = tf.ones((2, 4))
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(x)
+    ...     y = tf.reduce_sum(layer(x) ** 2)
+    >>> tape.gradient(y, x).shape
+    TensorShape([2, 4])
+    """
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(layer, **kwargs)
+        parameters = inspect.signature(self.layer.call).parameters
+        self._pass_mask = "mask" in parameters
+        self._pass_training = "training" in parameters
+        self.supports_masking = True
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, mask=None, training=None):
+        kwargs = {}
+        if self._pass_mask and mask is not None:
+            kwargs["mask"] = mask
+        if self._pass_training:
+            kwargs["training"] = training
+        weights = self.layer.trainable_variables
+        state = [v for v in self.layer.variables if v.trainable is False]
+        # Read once: the forward pass and the backward rerun see these.
+        state_before = [tf.identity(v.value) for v in state]
+        updates = []
+
+        def run(x, weight_values):
+            mapping = [*zip(weights, weight_values), *zip(state, state_before)]
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                y = self.layer(x, **kwargs)
+            return y, [scope.get_current_value(v) for v in state]
+
+        @tf.custom_gradient
+        def _checkpointed(x, *weight_values):
+            """`layer(x)`, its activations recomputed for the backward pass;
+            autodiff would keep them from the forward pass instead."""
+            y, new_state = run(x, weight_values)
+            updates.extend(new_state)
+
+            def grad(dy):
+                with tf.GradientTape() as tape:
+                    tape.watch([x, *weight_values])
+                    y_again, _ = run(x, weight_values)
+                grads = tape.gradient(
+                    y_again, [x, *weight_values], output_gradients=dy
+                )
+                return [
+                    tf.zeros_like(t) if g is None else g
+                    for t, g in zip([x, *weight_values], grads)
+                ]
+
+            return tf.identity(y), grad
+
+        # Positional: keyword arguments would bypass the custom gradient.
+        outputs = _checkpointed(inputs, *[w.value for w in weights])
+        for variable, value in zip(state, updates):
+            if value is not None:
+                variable.assign(value)
+        return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)

@@ -1,0 +1,23 @@
+"""The bundled `python_docs` text corpus as a TFDS builder.
+
+Importing this package registers the builder, so `tfds.load("python_docs")`
+works, and gives the character vocabulary (`encode`, `decode`).
+"""
+
+from python_docs_dataset.builder import (
+    PAD_ID,
+    VOCABULARY,
+    VOCABULARY_SIZE,
+    PythonDocs,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "PAD_ID",
+    "VOCABULARY",
+    "VOCABULARY_SIZE",
+    "PythonDocs",
+    "decode",
+    "encode",
+]
