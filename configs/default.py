@@ -32,6 +32,9 @@ def get_config():
     # Random shifts of up to this many pixels; on 8x8 digits one pixel of
     # play is what lets an MLP generalise past ~97% test accuracy.
     config.max_shift = 1
+    # Text datasets only (configs/lm.py): the characters a model reads at
+    # once, and predicts the next of at each.
+    config.context_length = 128
 
     # model
     config.model = ml_collections.ConfigDict()

@@ -13,8 +13,9 @@ from mylayers import checks
 from template_trainer import distribution, errors, input_pipeline, optimizers
 
 # What the trainer's evaluation on the validation split reports (its model
-# is compiled with the loss and `accuracy`); `config.best_metric` picks one.
-VAL_METRICS = ("val_loss", "val_accuracy")
+# is compiled with the loss and `accuracy`, and for text `bpc`, bits per
+# character); `config.best_metric` picks one.
+VAL_METRICS = ("val_loss", "val_accuracy", "val_bpc")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -76,7 +77,7 @@ def validate(config):
     What depends on the data and the devices is checked by `check_fits`
     once they are known.
     """
-    _choice(config, "dataset", input_pipeline.PIXEL_MAX)
+    _choice(config, "dataset", input_pipeline.DATASETS)
     data_dir = config.data_dir
     if data_dir is not None and (
         not isinstance(data_dir, str)
@@ -89,10 +90,13 @@ def validate(config):
     for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
         _int(config, field, 1)
     _int(config, "max_shift", 0)
+    _int(config, "context_length", 1)
 
     _choice(config, "model.name", models.ARCHITECTURES)
     for field in ("hidden_units", "filters"):
         values = config.model.get(field, ())  # `filters`: CNNs only
+        if checks.is_int(values):  # One width for every layer (LMs).
+            values = (values,)
         if not all(checks.is_int(v, 1) for v in values):
             _fail(f"model.{field}", values, "expected positive integers")
     if "dropout" in config.model:  # Architectures may have none.
@@ -140,17 +144,29 @@ def validate(config):
     _int(config, "max_checkpoints_to_keep", 1)
 
 
-def check_fits(batch_size, max_shift, input_shape, replicas):
-    """Raises `ConfigError` where the config does not fit the data or the
-    devices: a batch the replicas cannot share, a shift that moves most of
-    the image out of view."""
+def check_fits(batch_size, max_shift, info, replicas, best_metric):
+    """Raises `ConfigError` where the config does not fit the data (an
+    `input_pipeline.DatasetInfo`) or the devices: a batch the replicas
+    cannot share, a shift that moves most of the image out of view, an
+    image option or metric for text, or the reverse."""
     if batch_size % replicas:
         _fail(
             "batch_size",
             batch_size,
             f"expected a multiple of the {replicas} replicas",
         )
-    height, width = input_shape[:2]
+    if info.kind == "text":
+        if max_shift:
+            _fail("max_shift", max_shift, "expected 0 for a text dataset")
+        return
+    if best_metric == "val_bpc":
+        _fail(
+            "best_metric",
+            best_metric,
+            "bits per character are for text datasets; expected "
+            "val_accuracy or val_loss",
+        )
+    height, width = info.input_shape[:2]
     most = (min(height, width) - 1) // 2
     if max_shift > most:
         _fail(

@@ -2,8 +2,10 @@
 
 `train` is what the model learns from, `val` what the trainer evaluates
 during training and selects the best checkpoint on, and `test` what it
-evaluates once, at the end. A dataset without a validation split of its own
-gives up a deterministic, stratified slice of its training split.
+evaluates once, at the end. An image dataset without a validation split of
+its own gives up a deterministic, stratified slice of its training split.
+A text dataset is cut into windows of characters, each target the window
+shifted by one.
 """
 
 import contextlib
@@ -17,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-# Importing the package registers the bundled `digits` builder with TFDS.
+# Importing the packages registers the bundled builders with TFDS.
 import digits_dataset  # noqa: F401
+import python_docs_dataset
 from template_trainer import errors
 
 # The datasets the trainer accepts, with the largest pixel value of each, used
@@ -29,7 +32,11 @@ PIXEL_MAX = {
     "fashion_mnist": 255.0,
     "cifar10": 255.0,
 }
-OFFLINE = ("digits",)
+# Text datasets, each with the module of its vocabulary (`VOCABULARY_SIZE`,
+# `encode`, `decode`; id 0 pads).
+TEXT_DATASETS = {"python_docs": python_docs_dataset}
+DATASETS = (*PIXEL_MAX, *TEXT_DATASETS)
+OFFLINE = ("digits", "python_docs")
 # Names TFDS datasets give their own validation split.
 VALIDATION_SPLITS = ("validation", "val")
 _AUGMENT_BATCHES = 16
@@ -48,6 +55,10 @@ class DatasetInfo:
     num_test: int
     # Where `val` comes from: the dataset's own split, or "train" (a slice).
     val_source: str
+    # "image": (image, label) examples; "text": (ids, next ids) windows,
+    # `input_shape` (context_length,), `num_classes` the vocabulary size,
+    # `num_*` counted in windows.
+    kind: str = "image"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +289,7 @@ def create_datasets(
     seed,
     max_shift=0,
     overfit_batches=0,
+    context_length=128,
 ):
     """Returns the `Datasets` of a run: train, val and test.
 
@@ -292,8 +304,23 @@ def create_datasets(
     With `overfit_batches=N > 0`, `train` cycles over the same first N
     batches (no shuffling, no augmentation) and `val` is those N batches:
     a model that cannot drive that loss to ~0 has a bug.
+
+    A text dataset (`TEXT_DATASETS`) gives `(ids, targets)` pairs of
+    `context_length` character ids, `targets` the next character of each;
+    see `_text_datasets`. `val_fraction`, `shuffle_buffer` and `max_shift`
+    do not apply to it.
     """
     builder = _prepare(dataset, data_dir, download)
+    if dataset in TEXT_DATASETS:
+        return _text_datasets(
+            builder,
+            TEXT_DATASETS[dataset],
+            context_length,
+            batch_size,
+            eval_batch_size,
+            seed,
+            overfit_batches,
+        )
     pixel_max = PIXEL_MAX[dataset]
 
     def preprocess(image, label):
@@ -353,3 +380,110 @@ def create_datasets(
         train = train.batch(batch_size, drop_remainder=True)
     train = train.prefetch(tf.data.AUTOTUNE)
     return Datasets(train, _evaluation(val, eval_batch_size), test, info)
+
+
+def _text_stream(builder, vocabulary, split):
+    """The character ids of `split`, its blocks joined in corpus order."""
+    examples = tfds.as_numpy(
+        builder.as_dataset(split=split, shuffle_files=False)
+    )
+    blocks = sorted((int(e["index"]), e["text"]) for e in examples)
+    return vocabulary.encode(b"".join(text for _, text in blocks).decode())
+
+
+def _windows(stream, context_length):
+    """`(ids, targets)`: the non-overlapping windows of `stream`, each
+    character but the first predicted once."""
+    count = (len(stream) - 1) // context_length
+    end = count * context_length
+    ids = stream[:end].reshape(count, context_length)
+    targets = stream[1 : end + 1].reshape(count, context_length)
+    return ids, targets
+
+
+def _random_windows(stream, context_length, batch_size, seed):
+    """Maps a batch number to a batch of windows at random places.
+
+    Stateless ops seeded by `(seed, batch number)`, as `_random_shift`:
+    the checkpointed position of the counter alone decides the batch, so
+    a resumed run sees the same text. The iterator's state is that
+    counter, not a shuffle buffer of windows.
+    """
+    stream = tf.constant(stream)
+    offsets = tf.range(context_length + 1, dtype=tf.int64)
+    last_start = len(stream) - context_length  # exclusive
+
+    def batch(index):
+        starts = tf.random.stateless_uniform(
+            [batch_size],
+            seed=tf.stack([seed, index]),
+            maxval=last_start,
+            dtype=tf.int64,
+        )
+        windows = tf.gather(stream, starts[:, None] + offsets)
+        return windows[:, :-1], windows[:, 1:]
+
+    return batch
+
+
+def _text_datasets(
+    builder,
+    vocabulary,
+    context_length,
+    batch_size,
+    eval_batch_size,
+    seed,
+    overfit_batches,
+):
+    """`Datasets` of a text dataset, in windows of `context_length`.
+
+    `train`'s windows start at random characters (nanoGPT's sampling), so
+    every epoch sees the text cut differently; an "epoch" is as many
+    steps as it takes to draw as many windows as `val` and `test` hold
+    for the training split: each split's text cut into consecutive,
+    non-overlapping windows, each character predicted once.
+    """
+    streams = {
+        split: _text_stream(builder, vocabulary, split)
+        for split in ("train", "validation", "test")
+    }
+    evaluation = {
+        split: tf.data.Dataset.from_tensor_slices(
+            _windows(stream, context_length)
+        )
+        for split, stream in streams.items()
+    }
+    info = DatasetInfo(
+        input_shape=(context_length,),
+        num_classes=vocabulary.VOCABULARY_SIZE,
+        num_train=(len(streams["train"]) - 1) // context_length,
+        num_val=(len(streams["validation"]) - 1) // context_length,
+        num_test=(len(streams["test"]) - 1) // context_length,
+        val_source="validation",
+        kind="text",
+    )
+    train = tf.data.Dataset.counter().map(
+        _random_windows(
+            streams["train"],
+            context_length,
+            batch_size,
+            tf.constant(seed, tf.int64),
+        )
+    )
+    test = _evaluation(evaluation["test"], eval_batch_size)
+    if overfit_batches:
+        fixed = train.take(overfit_batches).cache()
+        info = dataclasses.replace(
+            info,
+            num_train=overfit_batches * batch_size,
+            num_val=overfit_batches * batch_size,
+        )
+        return Datasets(
+            fixed.repeat().prefetch(tf.data.AUTOTUNE), fixed, test, info
+        )
+    return Datasets(
+        train.prefetch(tf.data.AUTOTUNE),
+        _evaluation(evaluation["validation"], eval_batch_size),
+        test,
+        info,
+    )

@@ -79,12 +79,14 @@ def create_run(config, workdir, strategy):
         seed=config.seed,
         max_shift=config.max_shift,
         overfit_batches=config.overfit_batches,
+        context_length=config.context_length,
     )
     config_checks.check_fits(
         config.batch_size,
         config.max_shift,
-        data.info.input_shape,
+        data.info,
         strategy.num_replicas_in_sync,
+        config.best_metric,
     )
     val_data, test_data = data.val, data.test
     if config.fast_dev_run:
@@ -134,10 +136,11 @@ def create_run(config, workdir, strategy):
 
 def best_mode(metric, mode):
     """`mode`, or for "auto" the one that suits `metric`: lower is better
-    for a loss, higher for anything else (accuracy)."""
+    for a loss (and bits per character), higher for anything else
+    (accuracy)."""
     if mode != "auto":
         return mode
-    return "min" if metric.endswith("_loss") else "max"
+    return "min" if metric.endswith(("_loss", "_bpc")) else "max"
 
 
 def compiled_model(config, info, strategy, total_steps):
@@ -153,7 +156,7 @@ def compiled_model(config, info, strategy, total_steps):
         model.compile(
             optimizer=_create_optimizer(config, updates),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            metrics=_metrics(info),
             # The config's "off" values (0, 1) are compile's None.
             global_clipnorm=config.global_clipnorm or None,
             gradient_accumulation_steps=accumulation
@@ -168,6 +171,15 @@ def compiled_model(config, info, strategy, total_steps):
         # Slots must exist before a restore, or they are not restored.
         model.optimizer.build(model.trainable_variables)
     return model
+
+
+def _metrics(info):
+    """Accuracy (of the next character, for text), and for text the loss
+    in bits per character: the loss itself is in nats."""
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if info.kind == "text":
+        metrics.append(models.BitsPerCharacter(name="bpc"))
+    return metrics
 
 
 def _create_model(model_config, info):

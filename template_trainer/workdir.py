@@ -19,6 +19,9 @@ CHANGEABLE_FIELDS = (
 # A field every config.json has had since the validation split; one
 # without it comes from an older trainer.
 _VALIDATION_FIELD = "val_fraction"
+# Fields added since, with the value a run saved before them had in effect:
+# such a run resumes as it was (image runs never read `context_length`).
+_ADDED_FIELDS = {"context_length": 128}
 
 
 class WorkdirError(errors.RunError):
@@ -103,6 +106,8 @@ def _flatten(tree, prefix=""):
 def config_differences(saved, current):
     """Lists `field: saved -> current` for every field that differs."""
     old, new = _flatten(saved), _flatten(current)
+    for key, value in _ADDED_FIELDS.items():
+        old.setdefault(key, value)
     return [
         f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
         for key in sorted(set(old) | set(new))

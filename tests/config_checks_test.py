@@ -62,7 +62,7 @@ BAD = [
         "best_metric",
         "eval_accuracy",
         "config.best_metric='eval_accuracy' is invalid: expected one of "
-        "val_accuracy, val_loss",
+        "val_accuracy, val_bpc, val_loss",
     ),
     (
         "best_metric",
@@ -139,6 +139,15 @@ def test_architecture_without_dropout_validates():
             {"max_shift": 100},
             "config.max_shift=100 is invalid: expected at most 3 for 8x8 "
             "images",
+        ),
+        (
+            {"best_metric": "val_bpc"},
+            "config.best_metric='val_bpc' is invalid: bits per character are "
+            "for text datasets",
+        ),
+        (
+            {"dataset": "python_docs"},  # tiny_config's max_shift is 1
+            "config.max_shift=1 is invalid: expected 0 for a text dataset",
         ),
         (
             {"activation": "relux"},

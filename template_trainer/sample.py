@@ -1,0 +1,142 @@
+"""Generates text from a workdir's language model.
+
+  python -m template_trainer.sample --workdir runs/lm --prompt "The list"
+
+Prints the prompt and its continuation; says on stderr which model wrote it
+and how fast (characters per second). Same workdir, prompt and seed, same
+text.
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A workdir trained with configs/lm.py.")
+flags.DEFINE_string("prompt", "\n", "Text to continue.")
+flags.DEFINE_integer("length", 500, "Characters to generate.")
+flags.DEFINE_float(
+    "temperature", 0.8, "Divides the logits; 0 takes the likeliest."
+)
+flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest; 0: all.")
+flags.DEFINE_integer("seed", 0, "Same seed, same text.")
+flags.DEFINE_enum(
+    "model",
+    "best",
+    ["best", "final"],
+    "The best model on validation, or the final one.",
+)
+flags.mark_flags_as_required(["workdir"])
+
+
+class SampleError(Exception):
+    """The command cannot sample: its message says why, in one line."""
+
+
+def _vocabulary(workdir):
+    """The vocabulary module of the workdir's dataset."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise SampleError(
+            f"{workdir} holds no trained run (no config.json); train one "
+            f"first: python train.py --config configs/lm.py --workdir "
+            f"{workdir}"
+        )
+    with open(path) as f:
+        dataset = json.load(f)["dataset"]
+    from template_trainer import input_pipeline
+
+    if dataset not in input_pipeline.TEXT_DATASETS:
+        raise SampleError(
+            f"{workdir} holds a model of the '{dataset}' dataset, not a "
+            "language model; expected a workdir trained on text (such as "
+            "configs/lm.py's)."
+        )
+    return input_pipeline.TEXT_DATASETS[dataset]
+
+
+def _load(workdir, which):
+    prefix = "best_" if which == "best" else ""
+    path = os.path.join(workdir, f"{prefix}model.keras")
+    if not os.path.isfile(path):
+        raise SampleError(
+            f"{workdir} has no {prefix}model.keras: the run has not "
+            "finished (a model is exported at its end); rerun its train.py "
+            "command to finish it"
+            + ("" if prefix else ", or use --model=best")
+            + "."
+        )
+    import keras
+
+    import models  # noqa: F401  Registers the model classes.
+
+    return path, keras.models.load_model(path)
+
+
+def _check_flags(vocabulary):
+    if not FLAGS.prompt:
+        raise SampleError(
+            "--prompt is empty; expected at least one character to continue."
+        )
+    try:
+        prompt_ids = vocabulary.encode(FLAGS.prompt)
+    except ValueError as e:
+        raise SampleError(f"--prompt holds {e}") from None
+    if FLAGS.length < 1:
+        raise SampleError(
+            f"--length={FLAGS.length} is invalid: expected a positive number "
+            "of characters."
+        )
+    if FLAGS.temperature < 0:
+        raise SampleError(
+            f"--temperature={FLAGS.temperature} is invalid: expected 0 "
+            "(the likeliest character) or more."
+        )
+    if not 0 <= FLAGS.top_k <= vocabulary.VOCABULARY_SIZE:
+        raise SampleError(
+            f"--top_k={FLAGS.top_k} is invalid: expected 0 (all) to "
+            f"{vocabulary.VOCABULARY_SIZE}."
+        )
+    return prompt_ids
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        vocabulary = _vocabulary(FLAGS.workdir)
+        prompt_ids = _check_flags(vocabulary)
+        path, model = _load(FLAGS.workdir, FLAGS.model)
+    except SampleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from models.sampling import generate
+
+    start = time.perf_counter()
+    ids = generate(
+        model,
+        prompt_ids,
+        FLAGS.length,
+        temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
+        seed=FLAGS.seed,
+    )
+    seconds = time.perf_counter() - start
+    print(FLAGS.prompt + vocabulary.decode(ids))
+    print(
+        f"{len(ids)} characters from {path} in {seconds:.2f} s "
+        f"({len(ids) / seconds:.0f} characters/s, first-call tracing "
+        "included)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
