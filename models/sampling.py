@@ -1,7 +1,13 @@
 """Text generation from a language model, one token at a time."""
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
+
+# model -> {(temperature, top_k): its compiled generation loop}, so a second
+# call does not trace again.
+_COMPILED = weakref.WeakKeyDictionary()
 
 
 def generate(model, prompt_ids, length, temperature=1.0, top_k=0, seed=0):
@@ -13,9 +19,9 @@ def generate(model, prompt_ids, length, temperature=1.0, top_k=0, seed=0):
     drawn. The draws are stateless, seeded by `(seed, step)`: the same
     model, prompt and seed give the same text, in any process.
 
-    Every step runs one compiled function on a fixed-shape window (the ids
-    left-aligned, padding after them: causal attention never looks right),
-    so nothing is retraced as the text grows.
+    The whole loop is one compiled graph; every step runs the model on a
+    fixed-shape window (the ids left-aligned, padding after them: causal
+    attention never looks right), so nothing is retraced as the text grows.
 
     Args:
         model: A model from token ids `(1, length)` to logits
@@ -31,30 +37,27 @@ def generate(model, prompt_ids, length, temperature=1.0, top_k=0, seed=0):
     Returns:
         An int32 numpy array of `length` ids.
     """
-    prompt_ids = [int(i) for i in prompt_ids]
-    if not prompt_ids:
+    prompt_ids = np.asarray(prompt_ids, np.int32).ravel()
+    if not len(prompt_ids):
         raise ValueError("generate expected a non-empty prompt_ids.")
-    context = model.context_length
-    step = _next_token_fn(model, context, float(temperature), int(top_k))
-    ids = list(prompt_ids)
-    for i in range(length):
-        window = ids[-context:]
-        padded = np.zeros((1, context), np.int32)
-        padded[0, : len(window)] = window
-        ids.append(
-            int(step(padded, np.int32(len(window) - 1), np.array([seed, i])))
-        )
-    return np.array(ids[len(prompt_ids) :], np.int32)
-
-
-def _next_token_fn(model, context, temperature, top_k):
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([1, context], tf.int32),
-            tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([2], tf.int64),
-        ]
+    settings = (float(temperature), int(top_k))
+    compiled = _COMPILED.setdefault(model, {})
+    if settings not in compiled:
+        compiled[settings] = _generate_fn(model, *settings)
+    run = compiled[settings]
+    ids = run(
+        tf.constant(prompt_ids),
+        tf.constant(int(length)),
+        tf.constant([int(seed), 0], tf.int64),
     )
+    return ids.numpy()[len(prompt_ids) :]
+
+
+def _generate_fn(model, temperature, top_k):
+    """The whole generation as one `tf.function`: a graph loop, so a step
+    costs the model's forward pass and no Python round trip."""
+    context = model.context_length
+
     def next_token(window, position, seed):
         logits = tf.cast(model(window, training=False)[0, position], tf.float32)
         # Padding is not text.
@@ -70,4 +73,23 @@ def _next_token_fn(model, context, temperature, top_k):
         )
         return draw[0, 0]
 
-    return next_token
+    @tf.function
+    def run(prompt, length, seed):
+        ids = tf.TensorArray(
+            tf.int32, size=0, dynamic_size=True, element_shape=[]
+        ).unstack(prompt)
+        start = tf.size(prompt)
+        for i in tf.range(length):
+            end = start + i
+            begin = tf.maximum(0, end - context)
+            window = ids.gather(tf.range(begin, end))
+            # Left-aligned, padded after: causal attention never looks
+            # right, so one shape serves every step.
+            padded = tf.pad(window, [[0, context - (end - begin)]])[None]
+            token = next_token(
+                padded, end - begin - 1, seed + tf.cast([0, i], tf.int64)
+            )
+            ids = ids.write(end, token)
+        return ids.stack()
+
+    return run
