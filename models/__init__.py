@@ -1,5 +1,6 @@
 """Models: `CustomModel` and architectures built from `mylayers`."""
 
+from models import sampling
 from models.cnn import CNNClassifier
 from models.custom_model import CustomModel
 from models.metrics import BitsPerCharacter
@@ -20,4 +21,5 @@ __all__ = [
     "CustomModel",
     "MLPClassifier",
     "TransformerLM",
+    "sampling",
 ]

@@ -9,8 +9,9 @@ import keras
 class BitsPerCharacter(keras.metrics.MeanMetricWrapper):
     """Mean cross-entropy of the next character, in bits: `loss / ln 2`.
 
-    A model that predicts each of V characters as likely scores log2(V)
-    bits; a perfect one, 0. Masked positions (padding) do not count.
+    A model that predicts each of the V characters that occur as equally
+    likely scores log2(V) bits (python_docs: log2(96) = 6.58); a perfect
+    one, 0. Masked positions (padding) do not count.
 
     Args:
         name: The metric's name in logs.

@@ -5,15 +5,23 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-# model -> {(temperature, top_k): its compiled generation loop}, so a second
-# call does not trace again.
+# model -> {(temperature, top_k, context): its compiled generation loop},
+# so a second call does not trace again.
 _COMPILED = weakref.WeakKeyDictionary()
 
 
-def generate(model, prompt_ids, length, temperature=1.0, top_k=0, seed=0):
+def generate(
+    model,
+    prompt_ids,
+    length,
+    temperature=1.0,
+    top_k=0,
+    seed=0,
+    context_length=None,
+):
     """Returns `length` token ids that `model` continues `prompt_ids` with.
 
-    Each step reads the last `context_length` ids (the model's), computes
+    Each step reads the last `context_length` ids, computes
     the next token's logits, divides them by `temperature`, keeps the
     `top_k` largest (0: all), and samples one; id 0 (padding) is never
     drawn. The draws are stateless, seeded by `(seed, step)`: the same
@@ -24,15 +32,16 @@ def generate(model, prompt_ids, length, temperature=1.0, top_k=0, seed=0):
     attention never looks right), so nothing is retraced as the text grows.
 
     Args:
-        model: A model from token ids `(1, length)` to logits
-            `(1, length, vocabulary)`, with a `context_length` attribute
-            (`models.TransformerLM`).
+        model: A causal model from token ids `(1, length)` to logits
+            `(1, length, vocabulary)`.
         prompt_ids: A non-empty sequence of ids to continue.
         length: How many ids to generate.
         temperature: > 0 divides the logits (below 1: more conservative
             text); 0 always takes the most likely token.
         top_k: Sample among the `top_k` most likely tokens only; 0: all.
         seed: An int seed.
+        context_length: The longest window the model reads; None: the
+            model's `context_length` (`models.TransformerLM` has one).
 
     Returns:
         An int32 numpy array of `length` ids.
@@ -40,7 +49,9 @@ def generate(model, prompt_ids, length, temperature=1.0, top_k=0, seed=0):
     prompt_ids = np.asarray(prompt_ids, np.int32).ravel()
     if not len(prompt_ids):
         raise ValueError("generate expected a non-empty prompt_ids.")
-    settings = (float(temperature), int(top_k))
+    if context_length is None:
+        context_length = model.context_length
+    settings = (float(temperature), int(top_k), int(context_length))
     compiled = _COMPILED.setdefault(model, {})
     if settings not in compiled:
         compiled[settings] = _generate_fn(model, *settings)
@@ -53,10 +64,9 @@ def generate(model, prompt_ids, length, temperature=1.0, top_k=0, seed=0):
     return ids.numpy()[len(prompt_ids) :]
 
 
-def _generate_fn(model, temperature, top_k):
+def _generate_fn(model, temperature, top_k, context):
     """The whole generation as one `tf.function`: a graph loop, so a step
     costs the model's forward pass and no Python round trip."""
-    context = model.context_length
 
     def next_token(window, position, seed):
         logits = tf.cast(model(window, training=False)[0, position], tf.float32)
