@@ -23,7 +23,8 @@ class CausalSelfAttention(keras.layers.Layer):
     uniformly instead of producing NaN; its output is padding, masked
     downstream. The mask passes through to the next layer.
 
-    Under mixed precision the scores and softmax are computed in float32.
+    Under mixed precision the scores and softmax are computed in float32;
+    in float64, in float64.
 
     Args:
         num_heads: Positive integer; must divide the input width.
@@ -114,8 +115,13 @@ class CausalSelfAttention(keras.layers.Layer):
         if self.rotary:
             query, key = rotary.rotate(query), rotary.rotate(key)
         scores = tf.einsum("bqhd,bkhd->bhqk", query, key)
-        scores = tf.cast(scores, tf.float32) * self.depth**-0.5
-        scores = scores + self._bias(length, mask)
+        # At least float32, as half precision lacks the softmax's range;
+        # float64 stays float64, or its gradients get float32's rounding.
+        score_dtype = tf.float32 if inputs.dtype.size < 4 else inputs.dtype
+        scores = tf.cast(scores, score_dtype) * self.depth**-0.5
+        # Replaced, not added to: a row with no key to look at (the start
+        # of a left-padded row) is then exactly uniform, in any dtype.
+        scores = tf.where(self._allowed(length, mask), scores, -1e9)
         weights = tf.nn.softmax(scores, axis=-1)
         weights = self.dropout_layer(
             tf.cast(weights, inputs.dtype), training=training
@@ -127,16 +133,16 @@ class CausalSelfAttention(keras.layers.Layer):
             outputs = outputs + self.output_bias
         return outputs
 
-    def _bias(self, length, mask):
-        """The additive float32 mask: 0 where a query may look, and a large
-        negative number (not -inf: a row with nothing to look at must not
-        give NaN) where it may not."""
+    def _allowed(self, length, mask):
+        """Where a query may look: keys at or before it, and not padding.
+        Elsewhere the scores become a large negative number, not -inf, so
+        that a row with nothing to look at gives no NaN."""
         allowed = tf.linalg.band_part(tf.ones([length, length]), -1, 0) > 0
         allowed = allowed[None, None]  # (1, 1, query, key)
         if mask is not None:
             keys = tf.cast(mask, tf.bool)[:, None, None, :]
             allowed = tf.logical_and(allowed, keys)
-        return tf.where(allowed, 0.0, -1e9)
+        return allowed
 
     def compute_mask(self, inputs, mask=None):
         return mask

@@ -5,6 +5,8 @@ import inspect
 import keras
 import tensorflow as tf
 
+from mylayers import checks
+
 
 @keras.saving.register_keras_serializable(package="mylayers")
 class GradientCheckpoint(keras.layers.Wrapper):
@@ -56,6 +58,14 @@ class GradientCheckpoint(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, **kwargs):
+        # Keras's own error for this names no argument.
+        checks.require(
+            isinstance(layer, keras.layers.Layer),
+            self,
+            "layer",
+            layer,
+            "a keras.layers.Layer instance",
+        )
         super().__init__(layer, **kwargs)
         parameters = inspect.signature(self.layer.call).parameters
         self._pass_mask = "mask" in parameters
@@ -80,8 +90,16 @@ class GradientCheckpoint(keras.layers.Wrapper):
         updates = []
 
         def run(x, weight_values):
-            mapping = [*zip(weights, weight_values), *zip(state, state_before)]
-            with keras.StatelessScope(state_mapping=mapping) as scope:
+            scope = keras.StatelessScope()
+            # `add_update`, not `state_mapping`, which casts each value to
+            # its variable's dtype: values in another dtype (float64 ones,
+            # from gradcheck) would be rounded to float32.
+            for variable, value in [
+                *zip(weights, weight_values),
+                *zip(state, state_before),
+            ]:
+                scope.add_update((variable, value))
+            with scope:
                 y = self.layer(x, **kwargs)
             return y, [scope.get_current_value(v) for v in state]
 
@@ -89,11 +107,20 @@ class GradientCheckpoint(keras.layers.Wrapper):
         def _checkpointed(x, *weight_values):
             """`layer(x)`, its activations recomputed for the backward pass;
             autodiff would keep them from the forward pass instead."""
-            y, new_state = run(x, weight_values)
+            # Eagerly, `tf.custom_gradient` runs this with the tape on, and
+            # the tape would hold every activation of `layer` until the
+            # gradient is taken; from stopped copies it records none.
+            y, new_state = run(
+                tf.stop_gradient(x),
+                [tf.stop_gradient(w) for w in weight_values],
+            )
             updates.extend(new_state)
 
             def grad(dy):
-                with tf.GradientTape() as tape:
+                # In tf.function the backward pass runs at the root name
+                # scope, where `layer`'s own scope is invalid if its name
+                # starts with "_" (Keras's name for a `_Private` class).
+                with tf.GradientTape() as tape, tf.name_scope("recompute"):
                     tape.watch([x, *weight_values])
                     y_again, _ = run(x, weight_values)
                 grads = tape.gradient(

@@ -23,7 +23,8 @@ def rotate(x, offset=0, base=10_000.0):
     depth = x.shape[-1]
     if depth is None or depth % 2:
         raise ValueError(
-            f"rotate expected an even, known last axis. Received: {x.shape}"
+            "rotate expected an even, known last axis. Received: "
+            f"x.shape={x.shape}"
         )
     length = tf.shape(x)[1]
     inverse_frequency = base ** (-tf.range(0, depth, 2, tf.float32) / depth)
