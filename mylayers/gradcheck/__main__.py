@@ -5,6 +5,7 @@ The command line lives here, not in the package's `__init__`, so that
 """
 
 import sys
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -13,9 +14,36 @@ import mylayers
 from mylayers.gradcheck import GradcheckError, GradcheckReport, gradcheck
 
 
+class Sample(NamedTuple):
+    """A case's inputs where a shape of random floats will not do.
+
+    Attributes:
+        inputs: A shape, filled with random floats, or the inputs as they
+            are (integer token ids, which gradcheck holds fixed).
+        mask: A Keras padding mask, passed to the layer and held fixed.
+    """
+
+    inputs: object
+    mask: object = None
+
+
+# Left padding in the first row, right padding in the second: the first
+# query of the first row has no key to look at.
+_PADDING = np.array([[False, True, True], [True, True, False]])
+
+
 def cli_cases():
-    """`(layer, input shape, order)` for each layer in `mylayers`: what
-    `python -m mylayers.gradcheck` checks."""
+    """`(layer, inputs, order)` for each layer in `mylayers`: what
+    `python -m mylayers.gradcheck` checks. `inputs` is an input shape,
+    filled with random floats, or a `Sample`.
+
+    A check costs about the same at any small shape (tracing and XLA
+    compiling it, in three modes, dominate), so the sequence layers are
+    checked at few cases and orders: `TransformerBlock`, alone and
+    checkpointed, at order 1 only (order 2 would add ~40 s each), as their
+    parts are checked at order 2 here: `MLPBlock`, `CausalSelfAttention`
+    with rotary positions and a padding mask, and the checkpoint's custom
+    gradient, on `MLPBlock`."""
     return [
         (mylayers.Linear(3, activation="tanh"), (2, 4), 2),
         (mylayers.ManualLinear(3, activation="tanh"), (2, 4), 2),
@@ -33,7 +61,36 @@ def cli_cases():
             2,
         ),
         (mylayers.Conv2D(2, (2, 3), strides=2), (1, 5, 5, 2), 2),
+        (
+            mylayers.TokenEmbedding(5, 3, max_length=3),
+            Sample(np.array([[1, 2, 0], [4, 3, 1]])),
+            2,
+        ),
+        (mylayers.CausalSelfAttention(2, rotary=False), (2, 3, 2), 1),
+        (
+            mylayers.CausalSelfAttention(1, name="masked_attention"),
+            Sample((2, 3, 2), mask=_PADDING),
+            2,
+        ),
+        (mylayers.TransformerBlock(1, 3), (2, 3, 2), 1),
+        (
+            mylayers.GradientCheckpoint(mylayers.TransformerBlock(1, 3)),
+            Sample((2, 3, 2), mask=_PADDING),
+            1,
+        ),
+        (
+            mylayers.GradientCheckpoint(
+                mylayers.MLPBlock(3), name="checkpointed_mlp_block"
+            ),
+            (2, 3),
+            2,
+        ),
     ]
+
+
+def _draw(rng, shape):
+    # Keep inputs away from the kinks of the quantizer and its clipping.
+    return rng.uniform(0.1, 0.9, size=shape) * rng.choice([-1, 1], shape)
 
 
 def main():
@@ -49,11 +106,13 @@ def main():
         return 2
     rng = np.random.default_rng(0)
     rows = []
-    for layer, shape, order in cli_cases():
-        # Keep inputs away from the kinks of the quantizer and its clipping.
-        x = rng.uniform(0.1, 0.9, size=shape) * rng.choice([-1, 1], shape)
+    for layer, inputs, order in cli_cases():
+        sample = inputs if isinstance(inputs, Sample) else Sample(inputs)
+        x = sample.inputs
+        if isinstance(x, tuple):
+            x = _draw(rng, x)
         try:
-            rows += gradcheck(layer, x, order=order).rows
+            rows += gradcheck(layer, x, order=order, mask=sample.mask).rows
         except GradcheckError as error:
             rows += error.report.rows
     report = GradcheckReport(rows)
