@@ -102,6 +102,12 @@ class TokenEmbedding(keras.layers.Layer):
     def call(self, inputs):
         outputs = tf.gather(self.embeddings, tf.cast(inputs, tf.int32))
         if self.positions == "learned":
+            if (inputs.shape[1] or 0) > self.max_length:
+                raise ValueError(
+                    f"TokenEmbedding '{self.name}' has positions for "
+                    f"max_length={self.max_length} tokens. Received: "
+                    f"inputs.shape={inputs.shape}"
+                )
             length = tf.shape(inputs)[1]
             outputs = outputs + self.position_embeddings[:length]
         return outputs

@@ -144,3 +144,11 @@ def test_invalid_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=f"Received: {argument}=") as caught:
         mylayers.TokenEmbedding(**kwargs)
     assert "\n" not in str(caught.value)
+
+
+def test_sequence_longer_than_max_length_is_named():
+    layer = mylayers.TokenEmbedding(10, 4, max_length=3, name="emb")
+    with pytest.raises(
+        ValueError, match="'emb' has positions for max_length=3"
+    ):
+        layer(tf.ones((1, 5), tf.int32))
