@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import random
 import socket
 import urllib.parse
 
@@ -98,12 +99,22 @@ def _unavailable(name, builder, why):
 def _preparing(builder, name):
     """Holds a lock while `name` is prepared: several trainers on one
     machine (the workers of a multi-worker run) that start on a dataset not
-    yet prepared would otherwise write the same files at once, and fail."""
+    yet prepared would otherwise write the same files at once, and fail.
+
+    Leaves Python's `random` state as it was: TFDS draws from it (to name
+    its temporary directory), and Keras seeds the model's initialisers
+    from it, so a run that prepared its dataset started from other weights
+    than the same command rerun on the prepared dataset (seen: the first
+    run's final weights differed from every rerun's)."""
     root = builder.data_dir_root
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, f".{name}.prepare.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    state = random.getstate()
+    try:
+        with open(os.path.join(root, f".{name}.prepare.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+    finally:
+        random.setstate(state)
 
 
 def _prepare(name, data_dir, download):
