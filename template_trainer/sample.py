@@ -39,6 +39,25 @@ class SampleError(Exception):
     """The command cannot sample: its message says why, in one line."""
 
 
+def _parse_flags(argv):
+    """absl's own parser prints two lines and exits 1 (for `--length=abc`,
+    a missing `--workdir`, ...); this prints one line and exits 2, as
+    `train.py` does."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        message = " ".join(str(e).split())
+        for python_says, expected in (
+            (": invalid literal for int()", "an integer"),
+            (": could not convert string to float", "a number"),
+        ):
+            if python_says in message:
+                message = message.split(python_says, 1)[0]
+                message += f": expected {expected}."
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _vocabulary(workdir):
     """The vocabulary module of the workdir's dataset."""
     path = os.path.join(workdir, "config.json")
@@ -107,9 +126,12 @@ def _check_flags(vocabulary):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
+        if len(argv) > 1:
+            raise SampleError(
+                f"unexpected arguments {argv[1:]}; expected only flags "
+                "(--workdir, --prompt, ...)."
+            )
         vocabulary = _vocabulary(FLAGS.workdir)
         prompt_ids = _check_flags(vocabulary)
         path, model = _load(FLAGS.workdir, FLAGS.model)
@@ -135,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
