@@ -1,0 +1,369 @@
+"""Peak memory and step time of a deeper LM with and without
+`gradient_checkpointing=True`.
+
+  python benchmarks/lm_memory_bench.py [--processes=2] [--repeats=5]
+  python benchmarks/lm_memory_bench.py --quick    # smoke run, smaller LM
+
+Runs in the project's venv. The LM: `models.TransformerLM`, 8 blocks, 4
+heads, width 128, MLP 512, rotary, float32, 32 windows of 256 characters,
+AdamW, driven by `template_trainer.setup.make_train_steps` (the trainer's
+`tf.function` loop).
+
+Memory. Each variant runs in its own subprocess (`--processes` times,
+alternated): build and compile the model, trace the step function
+(without running it), then run it twice: a first call (graph optimization,
+or the XLA compile, and `--steps` steps) and a second call (`--steps`
+steps). Before each call the process's peak RSS (VmHWM) is reset through
+/proc/self/clear_refs, and a figure is the peak during the call minus the
+RSS just before it. Two allocator set-ups, because TensorFlow may keep
+freed memory:
+
+- "default" (TensorFlow's defaults; oneDNN is on for this CPU): tensors
+  come from oneDNN's CPU allocator, a pool that keeps what the first call
+  took (the second call's peak is then ~0), so the figure is the FIRST
+  call's: the step's peak plus what the graph optimizer (or XLA's
+  compiler) takes once.
+- "malloc" (`TF_ENABLE_ONEDNN_OPTS=0 MALLOC_MMAP_THRESHOLD_=65536`):
+  tensors come from glibc's malloc, which gives each large one its own
+  mapping and unmaps it when freed, so RSS follows live memory and the
+  SECOND ("steady") call's figure is the memory a training step needs.
+
+Variants:
+- `plain`, `checkpointed`: `gradient_checkpointing=False` / `True`, as
+  committed (the working tree's `mylayers.GradientCheckpoint`).
+- `checkpointed_after_dy`: a prototype of `GradientCheckpoint` (patched in
+  here, `mylayers` is not edited) whose backward rerun takes its inputs
+  through `tf.identity` under `tf.control_dependencies([dy])`: the rerun
+  cannot start before the backward pass reaches the block, and its ops,
+  having other inputs, cannot be merged with the forward pass's.
+- `checkpointed_no_grappler`: as committed, with Grappler's arithmetic
+  optimizer (its common-subexpression elimination) off.
+- `*_xla`: the same with `jit_compile=True`.
+- `*_eager`: `model.train_step` called eagerly (no `tf.function`), where
+  the backward rerun runs only when the tape reaches it.
+
+Step time: `plain`, `checkpointed` and `checkpointed_after_dy` (and their
+XLA forms) in one process, interleaved over `--repeats` rounds, median
+wall ms/step and the ratio to `plain`.
+"""
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+CONFIG = {
+    "num_layers": 8,
+    "num_heads": 4,
+    "width": 128,
+    "hidden_units": 512,
+    "context": 256,
+    "batch": 32,
+}
+QUICK_CONFIG = {**CONFIG, "num_layers": 4, "context": 128}
+
+# name: (gradient_checkpointing, prototype fix, mode, grappler options)
+VARIANTS = {
+    "plain": (False, False, "graph", None),
+    "checkpointed": (True, False, "graph", None),
+    "checkpointed_after_dy": (True, True, "graph", None),
+    "checkpointed_no_grappler": (
+        True,
+        False,
+        "graph",
+        {"arithmetic_optimization": False},
+    ),
+    "plain_xla": (False, False, "xla", None),
+    "checkpointed_xla": (True, False, "xla", None),
+    "checkpointed_after_dy_xla": (True, True, "xla", None),
+    "plain_eager": (False, False, "eager", None),
+    "checkpointed_eager": (True, False, "eager", None),
+}
+QUICK_VARIANTS = ["plain", "checkpointed", "checkpointed_after_dy"]
+
+
+def _status():
+    """{"VmRSS": KiB, "VmHWM": KiB} of this process."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(line.split()[1])
+    return fields
+
+
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+
+
+def _measured(call):
+    """MiB of peak RSS above the RSS before `call()`."""
+    gc.collect()
+    _reset_peak()
+    before = _status()["VmRSS"]
+    call()
+    return (_status()["VmHWM"] - before) / 1024
+
+
+def checkpoint_after_dy_call(self, inputs, mask=None, training=None):
+    """`GradientCheckpoint.call` (the working tree's, 2026-11-28) with one
+    change: the backward rerun reads `x` and the weights through
+    `tf.identity` under `tf.control_dependencies([dy])`."""
+    import keras
+    import tensorflow as tf
+
+    kwargs = {}
+    if self._pass_mask and mask is not None:
+        kwargs["mask"] = mask
+    if self._pass_training:
+        kwargs["training"] = training
+    weights = self.layer.trainable_variables
+    state = [v for v in self.layer.variables if v.trainable is False]
+    state_before = [tf.identity(v.value) for v in state]
+    updates = []
+
+    def run(x, weight_values):
+        scope = keras.StatelessScope()
+        for variable, value in [
+            *zip(weights, weight_values),
+            *zip(state, state_before),
+        ]:
+            scope.add_update((variable, value))
+        with scope:
+            y = self.layer(x, **kwargs)
+        return y, [scope.get_current_value(v) for v in state]
+
+    @tf.custom_gradient
+    def _checkpointed(x, *weight_values):
+        y, new_state = run(x, weight_values)
+        updates.extend(new_state)
+
+        def grad(dy):
+            # The change: without an edge from dy, TensorFlow's executor
+            # may run the rerun as soon as x and the weights exist (in the
+            # forward pass), and Grappler may merge its ops with the
+            # forward pass's identical ones.
+            with tf.control_dependencies([dy]):
+                inputs = [tf.identity(t) for t in (x, *weight_values)]
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                y_again, _ = run(inputs[0], inputs[1:])
+            grads = tape.gradient(y_again, inputs, output_gradients=dy)
+            return [
+                tf.zeros_like(t) if g is None else g
+                for t, g in zip(inputs, grads)
+            ]
+
+        return tf.identity(y), grad
+
+    outputs = _checkpointed(inputs, *[w.value for w in weights])
+    for variable, value in zip(state, updates):
+        if value is not None:
+            variable.assign(value)
+    return outputs
+
+
+def _build(name, config):
+    import lm_common as common
+
+    import mylayers
+
+    checkpointing, fix, mode, grappler = VARIANTS[name]
+    if grappler:
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options(grappler)
+    original = mylayers.GradientCheckpoint.call
+    if fix:
+        mylayers.GradientCheckpoint.call = checkpoint_after_dy_call
+    try:
+        model = common.build_ours(config, gradient_checkpointing=checkpointing)
+    finally:
+        mylayers.GradientCheckpoint.call = original
+    return model, fix, mode
+
+
+def child(name, config, steps):
+    """Prints this variant's memory figures as JSON (one process each)."""
+    import lm_common as common
+    import tensorflow as tf
+
+    import mylayers
+    from template_trainer import setup
+
+    model, fix, mode = _build(name, config)
+    x, y = common.text_batch(config["batch"], config["context"])
+    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    count = tf.constant(steps, tf.int64)
+    if fix:  # traced below (or run eagerly): patched for the whole process
+        mylayers.GradientCheckpoint.call = checkpoint_after_dy_call
+    if mode == "eager":
+
+        def call():
+            for _ in range(steps):
+                logs = model.train_step(next(iterator))
+            float(logs["loss"])
+
+    else:
+        train_steps = setup.make_train_steps(
+            model,
+            tf.distribute.get_strategy(),
+            tf.Variable(0, dtype=tf.int64),
+            jit_compile=mode == "xla",
+        )
+        train_steps.get_concrete_function(iterator, count)  # trace only
+
+        def call():
+            float(train_steps(iterator, count)["loss"])
+
+    first = _measured(call)
+    steady = _measured(call)
+    print(
+        "CHILD "
+        + json.dumps(
+            {"first_mib": first, "steady_mib": steady, "rss_mib": _rss_mib()}
+        )
+    )
+
+
+def _rss_mib():
+    return _status()["VmRSS"] / 1024
+
+
+ALLOCATORS = {
+    "default": ({}, "first_mib"),
+    "malloc": (
+        {"TF_ENABLE_ONEDNN_OPTS": "0", "MALLOC_MMAP_THRESHOLD_": "65536"},
+        "steady_mib",
+    ),
+}
+
+
+def memory(variants, config, steps, processes, allocator):
+    """{variant: {"first_mib": [...], "steady_mib": [...]}}."""
+    out = {name: {"first_mib": [], "steady_mib": []} for name in variants}
+    env = {
+        **os.environ,
+        **ALLOCATORS[allocator][0],
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    for _ in range(processes):
+        for name in variants:
+            completed = subprocess.run(
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    f"--child={name}",
+                    f"--config={json.dumps(config)}",
+                    f"--steps={steps}",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if completed.returncode:
+                sys.exit(f"{name} failed:\n{completed.stderr[-3000:]}")
+            line = [
+                line
+                for line in completed.stdout.splitlines()
+                if line.startswith("CHILD ")
+            ][-1]
+            figures = json.loads(line[len("CHILD ") :])
+            for key in ("first_mib", "steady_mib"):
+                out[name][key].append(figures[key])
+            print(
+                f"  {allocator:8}{name:28} first call "
+                f"+{figures['first_mib']:5.0f} MiB, second call "
+                f"+{figures['steady_mib']:5.0f} MiB",
+                flush=True,
+            )
+    return out
+
+
+def step_times(config, steps, repeats, xla):
+    """Interleaved ms/step of plain / checkpointed / checkpointed_after_dy."""
+    import lm_common as common
+
+    import mylayers
+
+    x, y = common.text_batch(config["batch"], config["context"])
+    runs = {}
+    suffix = "_xla" if xla else ""
+    for name in ("plain", "checkpointed", "checkpointed_after_dy"):
+        model, fix, _ = _build(name, config)
+        original = mylayers.GradientCheckpoint.call
+        if fix:
+            mylayers.GradientCheckpoint.call = checkpoint_after_dy_call
+        try:
+            runs[name + suffix] = common.ours_runner(
+                model, x, y, steps, jit_compile=xla
+            )
+        finally:
+            mylayers.GradientCheckpoint.call = original
+    times = common.interleave(runs, repeats)
+    summary = common.summarize(times)
+    for name in runs:
+        summary[name]["ratio_to_plain"] = common.pair_ratio(
+            times, name, "plain" + suffix
+        )
+    return summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke run")
+    parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, json.loads(args.config), args.steps)
+        return
+    config, variants = CONFIG, list(VARIANTS)
+    if args.quick:
+        config, variants = QUICK_CONFIG, QUICK_VARIANTS
+        args.processes, args.repeats = 1, 2
+
+    import lm_common as common
+
+    print(f"machine: {common.machine()}")
+    print(f"LM: {config}, float32")
+    results = {"machine": common.machine(), "config": config, "memory": {}}
+    print(f"memory ({args.processes} processes per variant, alternated):")
+    for allocator in ALLOCATORS:
+        mem = memory(variants, config, args.steps, args.processes, allocator)
+        results["memory"][allocator] = mem
+    print(
+        f"{'peak RSS growth, MiB (median)':30}{'default, first call':>21}"
+        f"{'malloc, second call':>21}"
+    )
+    for name in variants:
+        figures = [
+            statistics.median(results["memory"][a][name][key])
+            for a, (_, key) in ALLOCATORS.items()
+        ]
+        print(f"{name:30}{figures[0]:21.0f}{figures[1]:21.0f}")
+
+    if not args.skip_time:
+        results["step_time"] = {}
+        for xla in (False, True) if not args.quick else (False,):
+            summary = step_times(config, args.steps, args.repeats, xla)
+            results["step_time"].update(summary)
+            for name, r in summary.items():
+                print(
+                    f"{name:28}{r['ms']:9.0f} ms/step  x plain "
+                    f"{common.fmt_ratio(r['ratio_to_plain'])}"
+                )
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
