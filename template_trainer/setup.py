@@ -234,7 +234,8 @@ def _create_optimizer(config, total_updates):
 
 
 def make_train_steps(model, strategy, step, jit_compile):
-    """Returns `train_steps(iterator, num_steps)`, a `tf.function`.
+    """Returns `train_steps(iterator, num_steps)`, which runs a
+    `tf.function` traced once.
 
     One call runs `num_steps` steps of `model.train_step` (each replica on
     its slice of the global batch), adds them to `step`, and returns the
@@ -259,7 +260,7 @@ def make_train_steps(model, strategy, step, jit_compile):
         return strategy.run(step_fn, args=(batch,))
 
     @tf.function
-    def train_steps(iterator, num_steps):
+    def loop(iterator, num_steps):
         # The first step outside the loop gives `logs` its structure.
         logs = one_step(iterator)
         for _ in tf.range(num_steps - 1):
@@ -267,6 +268,12 @@ def make_train_steps(model, strategy, step, jit_compile):
         step.assign_add(num_steps)
         return first_replica(logs)
 
+    def train_steps(iterator, num_steps):
+        # A tensor: a Python int would trace the loop again for every new
+        # count (the last, shorter call of an epoch; a save between).
+        return loop(iterator, tf.convert_to_tensor(num_steps, tf.int64))
+
+    train_steps.function = loop  # the `tf.function`, to inspect its graph
     return train_steps
 
 

@@ -190,7 +190,7 @@ def test_missing_gradients_reaches_compile():
 
 def _xla_calls(run):
     """Ops of the train loop's graph that XLA must compile."""
-    function = run.train_steps.get_concrete_function(
+    function = run.train_steps.function.get_concrete_function(
         run.iterator, tf.constant(1, tf.int64)
     )
     library = function.graph.as_graph_def().library.function
@@ -278,3 +278,14 @@ def test_checkpoint_every_secs_saves_by_time(tmp_path, monkeypatch):
     steps = [int(p.rsplit("-", 1)[1]) for p in index.all_model_checkpoint_paths]
     # Loop calls end at 20, 40, 41, 61, 81, 82, 102, 122, 123.
     assert steps == [20, 40, 41, 61, 81, 82, 102, 122, 123]
+
+
+def test_loop_calls_of_any_length_share_one_trace():
+    """The loop is traced once, whatever the number of steps per call (the
+    last call of an epoch is shorter; a save splits a call): a trace of the
+    step costs seconds."""
+    run = _run()
+    for num_steps in (1, 2, 3):
+        run.train_steps(run.iterator, num_steps)
+    assert run.train_steps.function.experimental_get_tracing_count() == 1
+    assert int(run.step) == 6
