@@ -30,17 +30,24 @@ freed memory:
 
 Variants:
 - `plain`, `checkpointed`: `gradient_checkpointing=False` / `True`, as
-  committed (the working tree's `mylayers.GradientCheckpoint`).
+  committed (`mylayers.GradientCheckpoint` of 4cd1443).
 - `checkpointed_after_dy`: a prototype of `GradientCheckpoint` (patched in
   here, `mylayers` is not edited) whose backward rerun takes its inputs
   through `tf.identity` under `tf.control_dependencies([dy])`: the rerun
   cannot start before the backward pass reaches the block, and its ops,
   having other inputs, cannot be merged with the forward pass's.
 - `checkpointed_no_grappler`: as committed, with Grappler's arithmetic
-  optimizer (its common-subexpression elimination) off.
-- `*_xla`: the same with `jit_compile=True`.
+  optimizer (its common-subexpression elimination) off: does turning
+  that pass off bring the rerun back? (It does not.)
+- `*_xla`: the same with `jit_compile=True` (where none of them saved
+  memory in our runs, the prototype included).
 - `*_eager`: `model.train_step` called eagerly (no `tf.function`), where
   the backward rerun runs only when the tape reaches it.
+
+First, a schedule check: a `tf.profiler` trace of one step of `plain`,
+`checkpointed` and `checkpointed_after_dy`, counting the GELU (Erfc) ops
+that ran and how many ran before the loss: with a real rerun there are
+two per block, one of them after the loss.
 
 Step time: `plain`, `checkpointed` and `checkpointed_after_dy` (and their
 XLA forms) in one process, interleaved over `--repeats` rounds, median
@@ -111,8 +118,8 @@ def _measured(call):
 
 
 def checkpoint_after_dy_call(self, inputs, mask=None, training=None):
-    """`GradientCheckpoint.call` (the working tree's, 2026-11-28) with one
-    change: the backward rerun reads `x` and the weights through
+    """`GradientCheckpoint.call` as committed in 4cd1443, with one change
+    (marked): the backward rerun reads `x` and the weights through
     `tf.identity` under `tf.control_dependencies([dy])`."""
     import keras
     import tensorflow as tf
@@ -140,23 +147,28 @@ def checkpoint_after_dy_call(self, inputs, mask=None, training=None):
 
     @tf.custom_gradient
     def _checkpointed(x, *weight_values):
-        y, new_state = run(x, weight_values)
+        y, new_state = run(
+            tf.stop_gradient(x),
+            [tf.stop_gradient(w) for w in weight_values],
+        )
         updates.extend(new_state)
 
         def grad(dy):
-            # The change: without an edge from dy, TensorFlow's executor
-            # may run the rerun as soon as x and the weights exist (in the
-            # forward pass), and Grappler may merge its ops with the
-            # forward pass's identical ones.
+            # The change. Without an edge from dy, the rerun computes what
+            # the forward pass computes from the same tensors (stop_gradient
+            # is an identity at run time): TensorFlow keeps one copy of
+            # each op (the trace shows one GELU per block, named after the
+            # rerun's scope, run before the loss), so the activations live
+            # until the backward pass and nothing is recomputed.
             with tf.control_dependencies([dy]):
-                inputs = [tf.identity(t) for t in (x, *weight_values)]
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                y_again, _ = run(inputs[0], inputs[1:])
-            grads = tape.gradient(y_again, inputs, output_gradients=dy)
+                sources = [tf.identity(t) for t in (x, *weight_values)]
+            with tf.GradientTape() as tape, tf.name_scope("recompute"):
+                tape.watch(sources)
+                y_again, _ = run(sources[0], sources[1:])
+            grads = tape.gradient(y_again, sources, output_gradients=dy)
             return [
                 tf.zeros_like(t) if g is None else g
-                for t, g in zip(inputs, grads)
+                for t, g in zip(sources, grads)
             ]
 
         return tf.identity(y), grad
@@ -166,6 +178,66 @@ def checkpoint_after_dy_call(self, inputs, mask=None, training=None):
         if value is not None:
             variable.assign(value)
     return outputs
+
+
+def schedule_check(config):
+    """{variant: (GELU ops run in a step, of them before the loss)} from a
+    `tf.profiler` trace of one step: each block runs one Erfc (its GELU)
+    per forward pass, so a rerun that happens shows as a second Erfc per
+    block, after the loss."""
+    import glob
+    import tempfile
+
+    import lm_common as common
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    import mylayers
+    from template_trainer import setup
+
+    x, y = common.text_batch(config["batch"], config["context"])
+    out = {}
+    for name in ("plain", "checkpointed", "checkpointed_after_dy"):
+        model, fix, _ = _build(name, config)
+        original = mylayers.GradientCheckpoint.call
+        if fix:
+            mylayers.GradientCheckpoint.call = checkpoint_after_dy_call
+        try:
+            iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+            train_steps = setup.make_train_steps(
+                model,
+                tf.distribute.get_strategy(),
+                tf.Variable(0, dtype=tf.int64),
+                False,
+            )
+            one = tf.constant(1, tf.int64)
+            train_steps(iterator, one)  # trace, optimize
+        finally:
+            mylayers.GradientCheckpoint.call = original
+        with tempfile.TemporaryDirectory() as logdir:
+            tf.profiler.experimental.start(logdir)
+            train_steps(iterator, one)
+            tf.profiler.experimental.stop()
+            (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+            space = xplane_pb2.XSpace()
+            with open(path, "rb") as f:
+                space.ParseFromString(f.read())
+        events = []
+        for plane in space.planes:
+            for line in plane.lines:
+                if line.name.startswith("tf_Compute"):
+                    for event in line.events:
+                        label = plane.event_metadata[event.metadata_id].name
+                        start = line.timestamp_ns * 1000 + event.offset_ps
+                        events.append((start, label))
+        loss = min(
+            t
+            for t, label in events
+            if label.endswith(":SparseSoftmaxCrossEntropyWithLogits")
+        )
+        gelus = [t for t, label in events if label.endswith(":Erfc")]
+        out[name] = (len(gelus), sum(t < loss for t in gelus))
+    return out
 
 
 def _build(name, config):
@@ -216,7 +288,9 @@ def child(name, config, steps):
             tf.Variable(0, dtype=tf.int64),
             jit_compile=mode == "xla",
         )
-        train_steps.get_concrete_function(iterator, count)  # trace only
+        # Trace only (the `tf.function` is `.function` since f38fa2c).
+        function = getattr(train_steps, "function", train_steps)
+        function.get_concrete_function(iterator, count)
 
         def call():
             float(train_steps(iterator, count)["loss"])
@@ -337,6 +411,15 @@ def main():
     print(f"machine: {common.machine()}")
     print(f"LM: {config}, float32")
     results = {"machine": common.machine(), "config": config, "memory": {}}
+    results["schedule"] = schedule_check(config)
+    print(
+        "schedule (one step, traced): GELU (Erfc) ops run / of them before "
+        "the loss, one per block and forward pass: "
+        + "; ".join(
+            f"{name} {total} / {before}"
+            for name, (total, before) in results["schedule"].items()
+        )
+    )
     print(f"memory ({args.processes} processes per variant, alternated):")
     for allocator in ALLOCATORS:
         mem = memory(variants, config, args.steps, args.processes, allocator)

@@ -214,6 +214,17 @@ ALL_2D = {
 }
 ABLATIONS["all_2d"] = ("linear_2d + attention_proj_2d", ALL_2D, False)
 ABLATIONS["all_2d_xla"] = ("all_2d + XLA", ALL_2D, True)
+ALL = {
+    (mylayers.Linear, "call"): linear_2d_call,
+    (mylayers.CausalSelfAttention, "call"): _attention_call(True, True),
+}
+ABLATIONS["all"] = ("linear_2d + attention_proj_2d + attention_bmm", ALL, False)
+ABLATIONS["all_xla"] = ("all + XLA", ALL, True)
+ABLATIONS["all_bf16"] = (
+    "all + mixed_bfloat16 (changes numerics)",
+    {**ALL, ("policy", None): "mixed_bfloat16"},
+    False,
+)
 QUICK_ABLATIONS = ["baseline", "all_2d"]
 
 
@@ -539,7 +550,7 @@ def main():
             )
 
     if "4" not in skip:
-        variants = ["baseline", "all_2d", "xla"]
+        variants = ["baseline", "all", "xla"]
         chosen = SETTINGS
         if args.quick:
             variants = ["baseline"]

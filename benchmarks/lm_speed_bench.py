@@ -23,7 +23,10 @@ decay 0.01, epsilon 1e-7 in both frameworks):
 - `ours`: `models.TransformerLM` compiled (sparse cross-entropy, no extra
   metrics) and driven by `template_trainer.setup.make_train_steps`, the
   trainer's loop, `--steps` steps per call; `ours_xla` the same with
-  `jit_compile=True`; `ours_trainer_metrics` adds the accuracy and bpc
+  `jit_compile=True`; `ours_prototype` (and `_xla`) with the
+  same-function changes `lm_profile.py` prototypes (2-D MatMuls in
+  `Linear` and attention, BatchMatMul instead of einsum) patched in;
+  `ours_trainer_metrics` adds the accuracy and bpc
   metrics the trainer compiles a text model with; `fit` is Keras's
   `model.fit` (its defaults) on the same model class, for reference.
 - `torch_eager`: the same architecture in PyTorch (`lm_common.torch_lm`:
@@ -110,6 +113,15 @@ def main():
     runs["ours_trainer_metrics"] = common.ours_runner(
         common.build_ours(metrics=common.trainer_metrics()), x, y, args.steps
     )
+    # The same-function speed-ups `lm_profile.py` prototypes (2-D MatMuls
+    # in Linear and attention, BatchMatMul instead of einsum), patched in.
+    import lm_profile
+
+    for name, jit in (("ours_prototype", False), ("ours_prototype_xla", True)):
+        with lm_profile.patched(lm_profile.ALL):
+            runs[name] = common.ours_runner(
+                common.build_ours(), x, y, args.steps, jit_compile=jit
+            )
     fit_model = common.build_ours()
     runs["fit"] = common.fit_runner(fit_model, x, y, args.steps)
     fit_jit = fit_model.jit_compile
@@ -158,12 +170,17 @@ def main():
         r["tokens_per_s"] = tokens / r["ms"] * 1e3
     pairs = [
         ("ours_xla", "ours"),
+        ("ours_prototype", "ours"),
+        ("ours_prototype_xla", "ours"),
         ("ours", "fit"),
         ("ours_trainer_metrics", "ours"),
     ]
     for torch_name in ("torch_eager", "torch_compile"):
         if torch_name in times:
-            pairs += [("ours", torch_name), ("ours_xla", torch_name)]
+            pairs += [
+                (name, torch_name)
+                for name in ("ours", "ours_xla", "ours_prototype_xla")
+            ]
     if "torch_compile" in times:
         pairs.append(("torch_compile", "torch_eager"))
     ratios = {f"{a}/{b}": common.pair_ratio(times, a, b) for a, b in pairs}
