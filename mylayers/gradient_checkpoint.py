@@ -117,18 +117,22 @@ class GradientCheckpoint(keras.layers.Wrapper):
             updates.extend(new_state)
 
             def grad(dy):
+                # The rerun's inputs wait for `dy`: otherwise TensorFlow's
+                # graph optimizer finds the rerun identical to the forward
+                # pass and merges them, keeping every activation from the
+                # forward pass (seen: no memory saved, no op rerun).
+                with tf.control_dependencies([dy]):
+                    sources = [tf.identity(t) for t in (x, *weight_values)]
                 # In tf.function the backward pass runs at the root name
                 # scope, where `layer`'s own scope is invalid if its name
                 # starts with "_" (Keras's name for a `_Private` class).
                 with tf.GradientTape() as tape, tf.name_scope("recompute"):
-                    tape.watch([x, *weight_values])
-                    y_again, _ = run(x, weight_values)
-                grads = tape.gradient(
-                    y_again, [x, *weight_values], output_gradients=dy
-                )
+                    tape.watch(sources)
+                    y_again, _ = run(sources[0], sources[1:])
+                grads = tape.gradient(y_again, sources, output_gradients=dy)
                 return [
                     tf.zeros_like(t) if g is None else g
-                    for t, g in zip([x, *weight_values], grads)
+                    for t, g in zip(sources, grads)
                 ]
 
             return tf.identity(y), grad
