@@ -30,28 +30,28 @@ freed memory:
 
 Variants:
 - `plain`, `checkpointed`: `gradient_checkpointing=False` / `True`, as
-  committed (`mylayers.GradientCheckpoint` of 4cd1443).
-- `checkpointed_after_dy`: a prototype of `GradientCheckpoint` (patched in
-  here, `mylayers` is not edited) whose backward rerun takes its inputs
-  through `tf.identity` under `tf.control_dependencies([dy])`: the rerun
-  cannot start before the backward pass reaches the block, and its ops,
-  having other inputs, cannot be merged with the forward pass's.
+  committed. Since 114dff7 `mylayers.GradientCheckpoint`'s backward rerun
+  takes its inputs through `tf.identity` under
+  `tf.control_dependencies([dy])`, so its ops cannot be merged with the
+  forward pass's; this benchmark prototyped that change (as variant
+  `checkpointed_after_dy`) before it was made, and the figures of the
+  version before it are in benchmarks/RESULTS.md.
 - `checkpointed_no_grappler`: as committed, with Grappler's arithmetic
   optimizer (its common-subexpression elimination) off: does turning
-  that pass off bring the rerun back? (It does not.)
+  that pass off bring the rerun back? (It did not, before 114dff7.)
 - `*_xla`: the same with `jit_compile=True` (where none of them saved
   memory in our runs, the prototype included).
 - `*_eager`: `model.train_step` called eagerly (no `tf.function`), where
   the backward rerun runs only when the tape reaches it.
 
 First, a schedule check: a `tf.profiler` trace of one step of `plain`,
-`checkpointed` and `checkpointed_after_dy`, counting the GELU (Erfc) ops
+and `checkpointed`, counting the GELU (Erfc) ops
 that ran and how many ran before the loss: with a real rerun there are
 two per block, one of them after the loss.
 
-Step time: `plain`, `checkpointed` and `checkpointed_after_dy` (and their
-XLA forms) in one process, interleaved over `--repeats` rounds, median
-wall ms/step and the ratio to `plain`.
+Step time: `plain` and `checkpointed` (and their XLA forms) in one
+process, interleaved over `--repeats` rounds, median wall ms/step and the
+ratio to `plain`.
 """
 
 import argparse
@@ -72,24 +72,21 @@ CONFIG = {
 }
 QUICK_CONFIG = {**CONFIG, "num_layers": 4, "context": 128}
 
-# name: (gradient_checkpointing, prototype fix, mode, grappler options)
+# name: (gradient_checkpointing, mode, grappler options)
 VARIANTS = {
-    "plain": (False, False, "graph", None),
-    "checkpointed": (True, False, "graph", None),
-    "checkpointed_after_dy": (True, True, "graph", None),
+    "plain": (False, "graph", None),
+    "checkpointed": (True, "graph", None),
     "checkpointed_no_grappler": (
         True,
-        False,
         "graph",
         {"arithmetic_optimization": False},
     ),
-    "plain_xla": (False, False, "xla", None),
-    "checkpointed_xla": (True, False, "xla", None),
-    "checkpointed_after_dy_xla": (True, True, "xla", None),
-    "plain_eager": (False, False, "eager", None),
-    "checkpointed_eager": (True, False, "eager", None),
+    "plain_xla": (False, "xla", None),
+    "checkpointed_xla": (True, "xla", None),
+    "plain_eager": (False, "eager", None),
+    "checkpointed_eager": (True, "eager", None),
 }
-QUICK_VARIANTS = ["plain", "checkpointed", "checkpointed_after_dy"]
+QUICK_VARIANTS = ["plain", "checkpointed"]
 
 
 def _status():
@@ -117,69 +114,6 @@ def _measured(call):
     return (_status()["VmHWM"] - before) / 1024
 
 
-def checkpoint_after_dy_call(self, inputs, mask=None, training=None):
-    """`GradientCheckpoint.call` as committed in 4cd1443, with one change
-    (marked): the backward rerun reads `x` and the weights through
-    `tf.identity` under `tf.control_dependencies([dy])`."""
-    import keras
-    import tensorflow as tf
-
-    kwargs = {}
-    if self._pass_mask and mask is not None:
-        kwargs["mask"] = mask
-    if self._pass_training:
-        kwargs["training"] = training
-    weights = self.layer.trainable_variables
-    state = [v for v in self.layer.variables if v.trainable is False]
-    state_before = [tf.identity(v.value) for v in state]
-    updates = []
-
-    def run(x, weight_values):
-        scope = keras.StatelessScope()
-        for variable, value in [
-            *zip(weights, weight_values),
-            *zip(state, state_before),
-        ]:
-            scope.add_update((variable, value))
-        with scope:
-            y = self.layer(x, **kwargs)
-        return y, [scope.get_current_value(v) for v in state]
-
-    @tf.custom_gradient
-    def _checkpointed(x, *weight_values):
-        y, new_state = run(
-            tf.stop_gradient(x),
-            [tf.stop_gradient(w) for w in weight_values],
-        )
-        updates.extend(new_state)
-
-        def grad(dy):
-            # The change. Without an edge from dy, the rerun computes what
-            # the forward pass computes from the same tensors (stop_gradient
-            # is an identity at run time): TensorFlow keeps one copy of
-            # each op (the trace shows one GELU per block, named after the
-            # rerun's scope, run before the loss), so the activations live
-            # until the backward pass and nothing is recomputed.
-            with tf.control_dependencies([dy]):
-                sources = [tf.identity(t) for t in (x, *weight_values)]
-            with tf.GradientTape() as tape, tf.name_scope("recompute"):
-                tape.watch(sources)
-                y_again, _ = run(sources[0], sources[1:])
-            grads = tape.gradient(y_again, sources, output_gradients=dy)
-            return [
-                tf.zeros_like(t) if g is None else g
-                for t, g in zip(sources, grads)
-            ]
-
-        return tf.identity(y), grad
-
-    outputs = _checkpointed(inputs, *[w.value for w in weights])
-    for variable, value in zip(state, updates):
-        if value is not None:
-            variable.assign(value)
-    return outputs
-
-
 def schedule_check(config):
     """{variant: (GELU ops run in a step, of them before the loss)} from a
     `tf.profiler` trace of one step: each block runs one Erfc (its GELU)
@@ -192,28 +126,21 @@ def schedule_check(config):
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    import mylayers
     from template_trainer import setup
 
     x, y = common.text_batch(config["batch"], config["context"])
     out = {}
-    for name in ("plain", "checkpointed", "checkpointed_after_dy"):
-        model, fix, _ = _build(name, config)
-        original = mylayers.GradientCheckpoint.call
-        if fix:
-            mylayers.GradientCheckpoint.call = checkpoint_after_dy_call
-        try:
-            iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
-            train_steps = setup.make_train_steps(
-                model,
-                tf.distribute.get_strategy(),
-                tf.Variable(0, dtype=tf.int64),
-                False,
-            )
-            one = tf.constant(1, tf.int64)
-            train_steps(iterator, one)  # trace, optimize
-        finally:
-            mylayers.GradientCheckpoint.call = original
+    for name in ("plain", "checkpointed"):
+        model, _ = _build(name, config)
+        iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+        train_steps = setup.make_train_steps(
+            model,
+            tf.distribute.get_strategy(),
+            tf.Variable(0, dtype=tf.int64),
+            False,
+        )
+        one = tf.constant(1, tf.int64)
+        train_steps(iterator, one)  # trace, optimize
         with tempfile.TemporaryDirectory() as logdir:
             tf.profiler.experimental.start(logdir)
             train_steps(iterator, one)
@@ -243,21 +170,13 @@ def schedule_check(config):
 def _build(name, config):
     import lm_common as common
 
-    import mylayers
-
-    checkpointing, fix, mode, grappler = VARIANTS[name]
+    checkpointing, mode, grappler = VARIANTS[name]
     if grappler:
         import tensorflow as tf
 
         tf.config.optimizer.set_experimental_options(grappler)
-    original = mylayers.GradientCheckpoint.call
-    if fix:
-        mylayers.GradientCheckpoint.call = checkpoint_after_dy_call
-    try:
-        model = common.build_ours(config, gradient_checkpointing=checkpointing)
-    finally:
-        mylayers.GradientCheckpoint.call = original
-    return model, fix, mode
+    model = common.build_ours(config, gradient_checkpointing=checkpointing)
+    return model, mode
 
 
 def child(name, config, steps):
@@ -265,15 +184,12 @@ def child(name, config, steps):
     import lm_common as common
     import tensorflow as tf
 
-    import mylayers
     from template_trainer import setup
 
-    model, fix, mode = _build(name, config)
+    model, mode = _build(name, config)
     x, y = common.text_batch(config["batch"], config["context"])
     iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
     count = tf.constant(steps, tf.int64)
-    if fix:  # traced below (or run eagerly): patched for the whole process
-        mylayers.GradientCheckpoint.call = checkpoint_after_dy_call
     if mode == "eager":
 
         def call():
@@ -360,25 +276,17 @@ def memory(variants, config, steps, processes, allocator):
 
 
 def step_times(config, steps, repeats, xla):
-    """Interleaved ms/step of plain / checkpointed / checkpointed_after_dy."""
+    """Interleaved ms/step of plain / checkpointed."""
     import lm_common as common
-
-    import mylayers
 
     x, y = common.text_batch(config["batch"], config["context"])
     runs = {}
     suffix = "_xla" if xla else ""
-    for name in ("plain", "checkpointed", "checkpointed_after_dy"):
-        model, fix, _ = _build(name, config)
-        original = mylayers.GradientCheckpoint.call
-        if fix:
-            mylayers.GradientCheckpoint.call = checkpoint_after_dy_call
-        try:
-            runs[name + suffix] = common.ours_runner(
-                model, x, y, steps, jit_compile=xla
-            )
-        finally:
-            mylayers.GradientCheckpoint.call = original
+    for name in ("plain", "checkpointed"):
+        model, _ = _build(name, config)
+        runs[name + suffix] = common.ours_runner(
+            model, x, y, steps, jit_compile=xla
+        )
     times = common.interleave(runs, repeats)
     summary = common.summarize(times)
     for name in runs:
