@@ -23,9 +23,9 @@ decay 0.01, epsilon 1e-7 in both frameworks):
 - `ours`: `models.TransformerLM` compiled (sparse cross-entropy, no extra
   metrics) and driven by `template_trainer.setup.make_train_steps`, the
   trainer's loop, `--steps` steps per call; `ours_xla` the same with
-  `jit_compile=True`; `ours_prototype` (and `_xla`) with the
-  same-function changes `lm_profile.py` prototypes (2-D MatMuls in
-  `Linear` and attention, BatchMatMul instead of einsum) patched in;
+  `jit_compile=True`; `ours_before` with `Linear` and attention as first
+  written (broadcast MatMuls, einsum; `lm_profile.BEFORE`), before the
+  profile led to 2-D and heads-first batched MatMuls;
   `ours_trainer_metrics` adds the accuracy and bpc
   metrics the trainer compiles a text model with; `fit` is Keras's
   `model.fit` (its defaults) on the same model class, for reference.
@@ -113,15 +113,14 @@ def main():
     runs["ours_trainer_metrics"] = common.ours_runner(
         common.build_ours(metrics=common.trainer_metrics()), x, y, args.steps
     )
-    # The same-function speed-ups `lm_profile.py` prototypes (2-D MatMuls
-    # in Linear and attention, BatchMatMul instead of einsum), patched in.
+    # `Linear` and attention as first written (broadcast MatMuls, einsum),
+    # before `lm_profile.py` led to their 2-D and batched MatMuls.
     import lm_profile
 
-    for name, jit in (("ours_prototype", False), ("ours_prototype_xla", True)):
-        with lm_profile.patched(lm_profile.ALL):
-            runs[name] = common.ours_runner(
-                common.build_ours(), x, y, args.steps, jit_compile=jit
-            )
+    with lm_profile.patched(lm_profile.BEFORE):
+        runs["ours_before"] = common.ours_runner(
+            common.build_ours(), x, y, args.steps
+        )
     fit_model = common.build_ours()
     runs["fit"] = common.fit_runner(fit_model, x, y, args.steps)
     fit_jit = fit_model.jit_compile
@@ -170,8 +169,7 @@ def main():
         r["tokens_per_s"] = tokens / r["ms"] * 1e3
     pairs = [
         ("ours_xla", "ours"),
-        ("ours_prototype", "ours"),
-        ("ours_prototype_xla", "ours"),
+        ("ours", "ours_before"),
         ("ours", "fit"),
         ("ours_trainer_metrics", "ours"),
     ]
@@ -179,7 +177,7 @@ def main():
         if torch_name in times:
             pairs += [
                 (name, torch_name)
-                for name in ("ours", "ours_xla", "ours_prototype_xla")
+                for name in ("ours", "ours_xla", "ours_before")
             ]
     if "torch_compile" in times:
         pairs.append(("torch_compile", "torch_eager"))

@@ -107,14 +107,19 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def call(self, inputs, mask=None, training=None):
         batch, length = tf.shape(inputs)[0], tf.shape(inputs)[1]
-        qkv = tf.matmul(inputs, self.qkv_kernel, transpose_b=True)
-        if self.use_bias:
-            qkv = qkv + self.qkv_bias
+        features = self.num_heads * self.depth
+        # The projections are 2-D MatMuls over all positions at once, and
+        # the heads go first, so that both attention products are plain
+        # batched MatMuls: on CPU that is faster than einsum or a broadcast
+        # MatMul, for the same function (benchmarks/RESULTS.md).
+        qkv = self._project(inputs, self.qkv_kernel, "qkv_bias")
         qkv = tf.reshape(qkv, [batch, length, 3, self.num_heads, self.depth])
-        query, key, value = tf.unstack(qkv, axis=2)  # (batch, length, h, d)
+        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # (3, batch, h, length, d)
+        query, key, value = tf.unstack(qkv)
         if self.rotary:
-            query, key = rotary.rotate(query), rotary.rotate(key)
-        scores = tf.einsum("bqhd,bkhd->bhqk", query, key)
+            query = rotary.rotate(query, sequence_axis=2)
+            key = rotary.rotate(key, sequence_axis=2)
+        scores = tf.matmul(query, key, transpose_b=True)  # (b, h, q, k)
         # At least float32, as half precision lacks the softmax's range;
         # float64 stays float64, or its gradients get float32's rounding.
         score_dtype = tf.float32 if inputs.dtype.size < 4 else inputs.dtype
@@ -126,11 +131,18 @@ class CausalSelfAttention(keras.layers.Layer):
         weights = self.dropout_layer(
             tf.cast(weights, inputs.dtype), training=training
         )
-        attended = tf.einsum("bhqk,bkhd->bqhd", weights, value)
-        attended = tf.reshape(attended, tf.shape(inputs))
-        outputs = tf.matmul(attended, self.output_kernel, transpose_b=True)
+        attended = tf.matmul(weights, value)  # (batch, h, length, d)
+        attended = tf.transpose(attended, [0, 2, 1, 3])
+        attended = tf.reshape(attended, [batch * length, features])
+        outputs = self._project(attended, self.output_kernel, "output_bias")
+        return tf.reshape(outputs, tf.shape(inputs))
+
+    def _project(self, inputs, kernel, bias_name):
+        """`x W^T + b` as one 2-D MatMul over every position."""
+        flat = tf.reshape(inputs, [-1, kernel.shape[1]])
+        outputs = tf.matmul(flat, kernel, transpose_b=True)
         if self.use_bias:
-            outputs = outputs + self.output_bias
+            outputs = tf.nn.bias_add(outputs, getattr(self, bias_name))
         return outputs
 
     def _allowed(self, length, mask):

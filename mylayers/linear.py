@@ -81,11 +81,20 @@ class Linear(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        # matmul broadcasts the 2-D kernel over any leading batch axes.
-        outputs = tf.matmul(inputs, self.kernel, transpose_b=True)
+        # Leading axes are folded into one, so that any rank runs as one
+        # 2-D MatMul (a broadcast batched MatMul, and its gradient's sum
+        # over the batch axes, are slower on CPU: benchmarks/RESULTS.md).
+        flat = inputs
+        if inputs.shape.rank != 2:
+            flat = tf.reshape(inputs, [-1, self.kernel.shape[1]])
+        outputs = tf.matmul(flat, self.kernel, transpose_b=True)
         if self.use_bias:
-            outputs = outputs + self.bias
-        return self.activation(outputs)
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        outputs = self.activation(outputs)
+        if inputs.shape.rank != 2:
+            leading = tf.shape(inputs)[:-1]
+            outputs = tf.reshape(outputs, tf.concat([leading, [self.units]], 0))
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)

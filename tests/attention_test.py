@@ -246,6 +246,27 @@ def test_rotate_matches_the_complex_formula():
     assert rotary.rotate(tf.constant(x, tf.float16)).dtype == tf.float16
 
 
+def test_rotate_heads_first_is_the_same_rotation():
+    """`sequence_axis=2` rotates `(batch, heads, length, d)` as the default
+    rotates `(batch, length, heads, d)`: the layout attention uses."""
+    x = _x((2, 5, 3, 8))
+    heads_first = np.transpose(x, (0, 2, 1, 3))
+    for offset in (0, 4):
+        rotated = rotary.rotate(
+            tf.constant(heads_first), offset=offset, sequence_axis=2
+        )
+        np.testing.assert_allclose(
+            np.transpose(rotated.numpy(), (0, 2, 1, 3)),
+            _rotate(x, offset=offset),
+            atol=1e-6,
+        )
+    negative = rotary.rotate(tf.constant(heads_first), sequence_axis=-2)
+    np.testing.assert_array_equal(
+        negative.numpy(),
+        rotary.rotate(tf.constant(heads_first), sequence_axis=2).numpy(),
+    )
+
+
 def test_rotate_makes_scores_depend_on_relative_position_only():
     """`q` at position t and `k` at position s: `rot(q, t) . rot(k, s)`
     is the same for every pair with the same `t - s`, and changes with it."""
@@ -401,6 +422,15 @@ def test_wrong_input_names_layer(make):
         (lambda: mylayers.CausalSelfAttention(3)(_x()), "input_shape"),
         (lambda: mylayers.CausalSelfAttention(8)(_x()), "input_shape"),
         (lambda: rotary.rotate(tf.ones((1, 2, 1, 3))), "x.shape"),
+        # The features' axis, and an axis x does not have.
+        (
+            lambda: rotary.rotate(tf.ones((1, 2, 1, 4)), sequence_axis=3),
+            "sequence_axis",
+        ),
+        (
+            lambda: rotary.rotate(tf.ones((1, 2, 1, 4)), sequence_axis=-5),
+            "sequence_axis",
+        ),
     ],
 )
 def test_invalid_arguments(make, argument):
