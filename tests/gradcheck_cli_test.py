@@ -12,7 +12,7 @@ from mylayers.gradcheck.__main__ import cli_cases
 
 @pytest.mark.slow
 def test_cli_checks_every_layer():
-    """`python -m mylayers.gradcheck` passes. Slow (about 20 s): a second
+    """`python -m mylayers.gradcheck` passes. Slow (about 35 s): a second
     process that checks every layer at orders 1 and 2 in three modes."""
     result = subprocess.run(
         [sys.executable, "-m", "mylayers.gradcheck"],

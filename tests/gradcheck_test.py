@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import mylayers
 from mylayers import gradcheck as gradcheck_module_function
+from mylayers.gradcheck import numerics
 from mylayers.gradcheck.__main__ import cli_cases
 from mylayers.gradcheck.__main__ import main as cli_main
 
@@ -109,6 +110,32 @@ def test_catches_broken_gradient_with_table(kind, tensor, status, jacobian):
     assert _failed_rows(info.value.report) == {
         (tensor, "eager"),
         (tensor, "jit"),
+    }
+
+
+@pytest.mark.parametrize("rows_by_backward_pass", [0, 1000])
+def test_both_ways_to_full_jacobians_catch_errors(
+    rows_by_backward_pass, monkeypatch
+):
+    """Full Jacobians are computed by a backward pass per output up to
+    `ROWS_BY_BACKWARD_PASS` outputs, vectorized with pfor past it: each
+    way, in a traced and a compiled mode, at orders 1 and 2, passes a
+    right gradient and catches a wrong one."""
+    monkeypatch.setattr(
+        numerics, "ROWS_BY_BACKWARD_PASS", rows_by_backward_pass
+    )
+    modes = ["function", "jit"]
+    layer = mylayers.ManualLinear(2, activation="tanh", name="dense")
+    report = mylayers.gradcheck(layer, X, order=2, modes=modes)
+    assert {r.check for r in report.rows} >= {
+        "order 1: J vs FD",
+        "order 2: H vs FD",
+    }
+    with pytest.raises(mylayers.GradcheckError) as info:
+        mylayers.gradcheck(BrokenLinear(2, "sign", name="b"), X, modes=modes)
+    assert _failed_rows(info.value.report) == {
+        ("inputs", "function"),
+        ("inputs", "jit"),
     }
 
 

@@ -13,6 +13,10 @@ from mylayers.gradcheck.tolerance import NOISE_ULPS, compare, machine_epsilon
 # Finite-difference columns evaluated per call of the traced function.
 COLUMN_BLOCK = 256
 
+# Up to this many outputs, Jacobians are computed by one backward pass per
+# output (row) rather than vectorized with pfor.
+ROWS_BY_BACKWARD_PASS = 256
+
 # Halvings of the step tried where a difference disagrees with the
 # gradient and the function bends or breaks within the step.
 FINER_STEPS = 4
@@ -444,8 +448,8 @@ class Checker:
             ]
 
         n_rows = self.n_out if fn == self._forward else int(self.offsets[-1])
-        if mode == "eager" and n_rows <= 256:
-            return self._jacobians_by_rows(ps, targets, fn)
+        if n_rows <= ROWS_BY_BACKWARD_PASS:
+            return self._jacobians_by_rows(mode, ps, targets, fn, n_rows)
         if self.t.supports_jit:
             try:
                 return compile_mode(lambda p: jac(p, True), mode)(ps)
@@ -456,21 +460,39 @@ class Checker:
                 # a real error in the target raises again below.
         return compile_mode(lambda p: jac(p, False), mode)(ps)
 
-    def _jacobians_by_rows(self, ps, targets, fn):
-        """The Jacobians of an eager `fn` by one backward pass per output:
-        for a few outputs, faster than vectorizing it with pfor."""
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(ps)
-            y = fn(ps)
-        rows = [
-            tape.gradient(
-                y,
-                [ps[k] for k in targets],
-                output_gradients=tf.one_hot(i, y.shape[0], dtype=y.dtype),
-                unconnected_gradients="zero",
-            )
-            for i in range(y.shape[0])
-        ]
+    def _jacobians_by_rows(self, mode, ps, targets, fn, n_rows):
+        """The Jacobians of `fn` by one backward pass per output, in `mode`:
+        for a few outputs, faster than vectorizing it with pfor (whose trace
+        alone takes seconds), and the backward pass training runs."""
+        if mode == "eager":
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(ps)
+                y = fn(ps)
+            rows = [
+                tape.gradient(
+                    y,
+                    [ps[k] for k in targets],
+                    output_gradients=tf.one_hot(i, y.shape[0], dtype=y.dtype),
+                    unconnected_gradients="zero",
+                )
+                for i in range(y.shape[0])
+            ]
+        else:
+
+            def row(ps, i):
+                with tf.GradientTape() as tape:
+                    tape.watch(ps)
+                    y = fn(ps)
+                return tape.gradient(
+                    y,
+                    [ps[k] for k in targets],
+                    output_gradients=tf.one_hot(i, y.shape[0], dtype=y.dtype),
+                    unconnected_gradients="zero",
+                )
+
+            # Traced (and compiled) once: the row is an argument.
+            row = compile_mode(row, mode)
+            rows = [row(ps, tf.constant(i)) for i in range(n_rows)]
         return [tf.stack([row[j] for row in rows]) for j in range(len(targets))]
 
     def _first_order_full(self, mode, checked):
