@@ -1,6 +1,9 @@
 """Tests for `mylayers.GradientCheckpoint`."""
 
+import collections
 import gc
+import glob
+import tempfile
 import weakref
 
 import keras
@@ -9,6 +12,11 @@ import pytest
 import tensorflow as tf
 
 import mylayers
+
+try:
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+except ImportError:  # Where a TensorFlow release moves it, say so.
+    xplane_pb2 = None
 
 # Left padding in the first row, right padding in the second.
 MASK = np.array([[False, False, True, True], [True, True, True, False]])
@@ -146,6 +154,56 @@ def test_backward_pass_reruns_the_layer(compiled):
     plain.build(x.shape)
     forward_backward(plain)(x)
     assert plain.calls == 1
+
+
+def _executed_op_types(function):
+    """{op type: times run} in one call of the traced `function`, read
+    from a `tf.profiler` trace: what ran after TensorFlow's graph
+    optimizer, which traced names and call counts do not show."""
+    function()  # Trace and optimize first.
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            function()
+        finally:
+            tf.profiler.experimental.stop()
+        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+    counts = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if line.name.startswith("tf_Compute"):  # the executor's ops
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    counts[name.rpartition(":")[2]] += 1
+    return counts
+
+
+@pytest.mark.skipif(xplane_pb2 is None, reason="no profiler protobufs")
+def test_graph_optimizer_keeps_the_rerun():
+    """In a `tf.function`, TensorFlow's graph optimizer merges ops that
+    compute the same thing from the same inputs: unless the rerun waits
+    for the backward pass, it merges it into the forward pass and keeps
+    every activation (as the first version of this layer did). The
+    trace counts RMSNorm's Rsqrt: once per forward pass, so the
+    checkpointed block runs it twice, the plain block once."""
+    x = _x((4, 8))
+    counts = {}
+    for wrap in (False, True):
+        block = mylayers.MLPBlock(16)
+        layer = mylayers.GradientCheckpoint(block) if wrap else block
+        layer.build(x.shape)
+
+        @tf.function
+        def step(layer=layer):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(x) ** 2)
+            return loss, tape.gradient(loss, layer.trainable_weights)
+
+        counts[wrap] = _executed_op_types(step)["Rsqrt"]
+    assert counts == {False: 1, True: 2}
 
 
 class _Probe(keras.layers.Layer):
