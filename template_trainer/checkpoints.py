@@ -257,6 +257,12 @@ class Checkpoints:
                     self._best.save(checkpoint_number=int(self._step))
         return better
 
+    def has_best(self):
+        """Whether a best checkpoint was saved (by this run or before)."""
+        return bool(
+            self._best_dir and tf.train.latest_checkpoint(self._best_dir)
+        )
+
     def restore_best(self):
         """Loads the best weights into the model; False if none were saved.
 

@@ -266,7 +266,8 @@ def _log(run, logs, elapsed):
 
 def _finish(run, logs):
     """Validates and saves the last step, tests the final and the best
-    model once, and exports both; returns the run's final metrics."""
+    model once, and exports both (the best one as a copy of the final one
+    when they are the same); returns the run's final metrics."""
     if "val_loss" not in logs:  # Nothing trained, or validated, this time.
         logs.update(_validate(run))
     run.checkpoints.save()
@@ -279,8 +280,21 @@ def _finish(run, logs):
         run.model.save(os.path.join(worker_dir, "model.keras"))
     if run.writer:
         exports.export(run.model, run.workdir)
-    if run.checkpoints.restore_best():
-        results["best_step"] = int(run.checkpoints.best_step)
+    best_step = int(run.checkpoints.best_step)
+    if best_step == results["step"] and run.checkpoints.has_best():
+        # The final model is the best one: the same weights, so the same
+        # test figures and the same files; no second pass, no second export.
+        results["best_step"] = best_step
+        results[f"best_{run.best_metric}"] = float(run.checkpoints.best_value)
+        results.update(
+            (f"best_{k}", v)
+            for k, v in list(results.items())
+            if k[:5] == "test_"
+        )
+        if run.writer:
+            exports.copy(run.workdir, "best_")
+    elif run.checkpoints.restore_best():
+        results["best_step"] = best_step
         results[f"best_{run.best_metric}"] = float(run.checkpoints.best_value)
         results.update(_evaluate(run, run.evaluate_test, "best_test_"))
         if run.writer:

@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from run_helpers import STEPS_PER_EPOCH, tiny_config
+from run_helpers import STEPS_PER_EPOCH, same_threads_env, tiny_config
 
 import template_trainer
-from template_trainer import summaries
+from template_trainer import loop, summaries
 
 EPOCHS = 3
 TOTAL = EPOCHS * STEPS_PER_EPOCH  # 123
@@ -94,6 +94,46 @@ def test_best_model_is_chosen_on_validation_accuracy(tiny_run):
         )
 
 
+def _files(directory):
+    """{relative path: bytes} of every file under `directory`."""
+    return {
+        os.path.relpath(os.path.join(root, name), directory): open(
+            os.path.join(root, name), "rb"
+        ).read()
+        for root, _, names in os.walk(directory)
+        for name in names
+    }
+
+
+@pytest.mark.slow
+def test_a_best_model_that_is_the_final_one_is_copied(tmp_path, monkeypatch):
+    """One epoch, one validation: the best model is the final model. Its
+    test figures are the final ones and its exports copies of theirs,
+    without a second pass over the test split or a second export."""
+    passes = []
+
+    def counted(run, evaluate, prefix):
+        passes.append(prefix)
+        return original(run, evaluate, prefix)
+
+    original = loop._evaluate
+    monkeypatch.setattr(loop, "_evaluate", counted)
+    metrics = template_trainer.train_and_evaluate(
+        tiny_config(num_epochs=1), str(tmp_path)
+    )
+    assert metrics["best_step"] == metrics["step"] == STEPS_PER_EPOCH
+    assert passes == ["val_", "test_"]
+    for name in ("loss", "accuracy"):
+        assert metrics[f"best_test_{name}"] == metrics[f"test_{name}"]
+    final, best = tmp_path / "model.keras", tmp_path / "best_model.keras"
+    assert best.read_bytes() == final.read_bytes()
+    exported = _files(tmp_path / "saved_model")
+    assert exported and _files(tmp_path / "best_saved_model") == exported
+    assert not [n for n in os.listdir(tmp_path) if "partial" in n]
+    record = summaries.read_records(tmp_path / "metrics.jsonl")[-1]
+    assert record["best_test_accuracy"] == metrics["test_accuracy"]
+
+
 def test_exported_models_serve_the_same_predictions(tiny_run):
     _, _, workdir = tiny_run
     x = np.random.default_rng(1).uniform(size=(3, 8, 8, 1)).astype("float32")
@@ -124,7 +164,12 @@ def test_saved_model_keras_predicts_the_same_in_fresh_process(tiny_run):
         "y = m.predict(np.load(os.path.join(d, 'x.npy')), verbose=0)\n"
         "np.testing.assert_array_equal(y, np.load(os.path.join(d, 'y.npy')))\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        timeout=120,
+        env=same_threads_env(),
+    )
 
 
 def test_fast_dev_run_trains_a_few_steps_and_writes_nothing(tmp_path):

@@ -234,6 +234,10 @@ def test_best_metric_and_mode_choose_the_best_step(tmp_path):
     assert metrics["best_step"] == pick(values, key=values.get)
     assert metrics["best_step"] != 123
     assert metrics[f"best_{metric}"] == pytest.approx(pick(values.values()))
+    # An earlier model: tested and exported of its own.
+    assert metrics["best_test_loss"] != metrics["test_loss"]
+    final = (tmp_path / "model.keras").read_bytes()
+    assert (tmp_path / "best_model.keras").read_bytes() != final
 
 
 @pytest.mark.parametrize(
