@@ -18,6 +18,16 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _one_thread_per_test_process():
+    """Two test processes share two cores: each computes on one thread, so
+    their TensorFlow thread pools do not fight over the cores. Set in the
+    process, not the environment: the trainers the tests start keep
+    TensorFlow's defaults, as a user's do."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
 def pytest_configure(config):
     """Datasets are prepared afresh in a directory of this test process's
     own (train.py subprocesses inherit it), so no test leans on what an
@@ -26,6 +36,8 @@ def pytest_configure(config):
     imports TFDS, which reads TFDS_DATA_DIR once, at import."""
     config.tfds_data_dir = tempfile.mkdtemp(prefix="tfds-")
     os.environ["TFDS_DATA_DIR"] = config.tfds_data_dir
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _one_thread_per_test_process()
 
 
 def pytest_unconfigure(config):

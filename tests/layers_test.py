@@ -1,7 +1,6 @@
 """Tests for the layers of `mylayers` beyond `Linear` and `ManualLinear`, and
 the saving, export and mixed-precision behaviour of every layer."""
 
-import os
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from run_helpers import same_threads_env
 
 import mylayers
 
@@ -492,7 +492,7 @@ def test_save_load_and_export_in_fresh_process(tmp_path):
         [sys.executable, "-c", _FRESH_PROCESS_CHECK, str(tmp_path)],
         capture_output=True,
         text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env=same_threads_env(TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # y, dx, and the 12 weights of the exportable model: Conv2D 2,

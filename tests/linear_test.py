@@ -1,8 +1,5 @@
 """Tests for `mylayers.Linear` and `mylayers.ManualLinear`."""
 
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -159,23 +156,3 @@ def test_wrong_input_size_names_layer(layer_class):
         layer(tf.ones((1, 4)))
     with pytest.raises(ValueError, match="my_dense"):
         layer_class(2, name="my_dense")(tf.ones((3,)))
-
-
-@pytest.mark.slow
-def test_loads_in_fresh_process(tmp_path):
-    inputs = keras.Input((4,))
-    hidden = mylayers.ManualLinear(8, activation="relu")(inputs)
-    model = keras.Model(inputs, mylayers.Linear(2)(hidden))
-    x = np.random.default_rng(3).normal(size=(5, 4)).astype("float32")
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", model.predict(x, verbose=0))
-    model.save(tmp_path / "m.keras")
-    script = (
-        "import os, numpy as np; os.environ['KERAS_BACKEND']='tensorflow'\n"
-        "import keras, mylayers\n"
-        f"d = {str(tmp_path)!r}\n"
-        "m = keras.models.load_model(os.path.join(d, 'm.keras'))\n"
-        "y = m.predict(np.load(os.path.join(d, 'x.npy')), verbose=0)\n"
-        "np.testing.assert_array_equal(y, np.load(os.path.join(d, 'y.npy')))\n"
-    )
-    subprocess.run([sys.executable, "-c", script], check=True)

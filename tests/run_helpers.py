@@ -86,6 +86,20 @@ def corpus_splits():
     return {split: "".join(blocks) for split, blocks in splits.items()}
 
 
+def same_threads_env(**extra):
+    """`os.environ` (and `extra`) for a fresh process whose results are
+    compared bit for bit with this one's: TensorFlow's thread count as in
+    this process (`conftest.py` sets one in test processes), since it
+    decides how sums are split, and so their rounding."""
+    import tensorflow as tf
+
+    env = {**os.environ, **extra}
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    if threads:
+        env["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    return env
+
+
 def train_command(workdir, *overrides, config="default.py"):
     return [
         sys.executable,

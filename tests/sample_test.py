@@ -13,7 +13,7 @@ import sys
 
 import keras
 import pytest
-from run_helpers import REPO, tiny_lm_config
+from run_helpers import REPO, same_threads_env, tiny_lm_config
 
 import models
 import python_docs_dataset
@@ -106,6 +106,7 @@ def test_command_line_prints_the_same_text_as_in_process(lm_workdir, capsys):
         text=True,
         cwd=REPO,
         timeout=120,
+        env=same_threads_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     _, in_process, _ = _sample(capsys, f"--workdir={lm_workdir}", *ARGS)

@@ -427,8 +427,10 @@ class Checker:
         return row
 
     def _jacobians(self, mode, ps, targets, fn):
-        """`d fn(ps) / d ps[k]` for `k` in `targets`, vectorized with pfor
-        where the target allows it, else by a loop (numpy code)."""
+        """`d fn(ps) / d ps[k]` for `k` in `targets`: by a backward pass
+        per output up to `ROWS_BY_BACKWARD_PASS` outputs; past that,
+        vectorized with pfor where the target allows it, else by a loop
+        (numpy code)."""
 
         def jac(ps, use_pfor):
             with tf.GradientTape(persistent=True) as tape:

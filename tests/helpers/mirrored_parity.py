@@ -1,14 +1,17 @@
-"""`CustomModel.train_step` under `MirroredStrategy` on 2 logical CPUs.
+"""`CustomModel.train_step`, and the trainer's LM, under `MirroredStrategy`
+on 2 logical CPUs.
 
-Run by `tests/train_step_test.py` in a process of its own, because logical
-devices must be configured before TensorFlow initializes. Prints one JSON
-line of measurements for the test to assert on:
+Run by `tests/mirrored_test.py` in a process of its own, because logical
+devices must be configured before TensorFlow initializes (one process for
+every such check: each costs seconds of start-up). Prints one JSON line of
+measurements for the tests to assert on:
 
   python tests/helpers/mirrored_parity.py
 """
 
 import json
 import os
+import sys
 
 # Keras 3 picks its backend when first imported; these checks are TF's.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -20,6 +23,10 @@ import tensorflow as tf  # noqa: E402
 
 import models  # noqa: E402
 import mylayers  # noqa: E402
+
+# run_helpers (tests/) and configs/ (the repository root), as pytest has them.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_TESTS, os.path.dirname(_TESTS)]
 
 GLOBAL_BATCH = 16
 STEPS = 20
@@ -248,7 +255,42 @@ def main():
     report["fit_weights_finite"] = all(
         bool(np.isfinite(w).all()) for w in fitted.get_weights()
     )
+    report["lm"] = lm_report(strategy)
     print(json.dumps(report))
+
+
+def lm_report(strategy):
+    """The trainer's tiny LM (`run_helpers.tiny_lm_config`) on `strategy`'s
+    two replicas against one device: four steps of the same global batch.
+    (The strategy of the checks above: a second one in this process would
+    reuse its collective keys.)"""
+    from run_helpers import tiny_lm_config
+
+    from template_trainer import setup
+
+    config = tiny_lm_config(batch_size=32, distribution="mirrored")
+    mirrored = setup.create_run(config, None, strategy)
+    single = setup.create_run(
+        tiny_lm_config(batch_size=32), None, tf.distribute.get_strategy()
+    )
+    start = single.model.get_weights()
+    same_start = all(
+        np.array_equal(a, b)
+        for a, b in zip(mirrored.model.get_weights(), start)
+    )
+    mirrored.train_steps(mirrored.iterator, tf.constant(4, tf.int64))
+    for _ in range(4):
+        single.model.train_step(next(single.iterator))
+    pairs = list(zip(mirrored.model.get_weights(), single.model.get_weights()))
+    return {
+        "replicas": mirrored.strategy.num_replicas_in_sync,
+        "same_start": same_start,
+        "max_diff": max(float(np.abs(a - b).max()) for a, b in pairs),
+        "moved": max(
+            float(np.abs(a - b).max())
+            for a, b in zip(single.model.get_weights(), start)
+        ),
+    }
 
 
 if __name__ == "__main__":
