@@ -98,8 +98,11 @@ def gradcheck(
     - Order 2 (`order=2`, which also checks order 1): the Hessian of `L`,
       by nested tapes (reverse-over-reverse) and by
       `tf.autodiff.ForwardAccumulator` (forward-over-reverse), against
-      finite differences of the first-order gradient. Skipped for targets
-      with a layer whose `differentiable_twice` is False.
+      finite differences of the first-order gradient: with `jacobian=
+      "full"`, the first entry by entry and the second along one random
+      direction per tensor; with "projection", both along
+      `num_projections` directions. Skipped for targets with a layer
+      whose `differentiable_twice` is False.
     - Every check runs in each of `modes`: "eager", "function"
       (`tf.function`) and "jit" (`jit_compile=True`; skipped for targets
       with a layer whose `supports_jit` is False, or that XLA cannot

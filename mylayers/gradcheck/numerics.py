@@ -592,7 +592,13 @@ class Checker:
                     )
                 )
             reverse, forward, expected, noise = [], [], [], []
-            for u in self.directions[k]:
+            # With the full Hessian compared entry by entry above, the
+            # forward-over-reverse route is checked along one random
+            # direction: any error of it shows there almost surely.
+            directions = self.directions[k]
+            if jacobian == "full":
+                directions = directions[:1]
+            for u in directions:
                 fd, d, fd_noise = self._central(self.g, k, u)
                 us = [tf.zeros_like(s) for s in self.sources]
                 us[k] = tf.cast(d, self.sources[k].dtype)
