@@ -136,19 +136,24 @@ def ours_runner(model, x, y, steps, jit_compile=False):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Seconds per step of `fit`, from batch `skip` on (past tracing)."""
+    """Seconds per step of `fit`, from batch `skip` on (past tracing) to
+    the last batch's end: `fit`'s end of epoch is not a step."""
 
     def __init__(self, skip):
         super().__init__()
-        self.skip, self.clock, self.steps = skip, None, -1
+        self.skip, self.clock, self.steps, self.sample = skip, None, 0, None
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch >= self.skip:
-            self.clock = self.clock or Clock()
-            self.steps += 1
+        if batch < self.skip:
+            return
+        if self.clock is None:
+            self.clock = Clock()
+            return
+        self.steps += 1
+        self.sample = self.clock.per_step(self.steps)
 
     def per_step(self):
-        return self.clock.per_step(self.steps)
+        return self.sample
 
 
 def fit_runner(model, x, y, steps):

@@ -59,8 +59,8 @@ import gc
 import json
 import os
 import statistics
-import subprocess
-import sys
+
+import child_process
 
 CONFIG = {
     "num_layers": 8,
@@ -213,11 +213,8 @@ def child(name, config, steps):
 
     first = _measured(call)
     steady = _measured(call)
-    print(
-        "CHILD "
-        + json.dumps(
-            {"first_mib": first, "steady_mib": steady, "rss_mib": _rss_mib()}
-        )
+    child_process.report(
+        {"first_mib": first, "steady_mib": steady, "rss_mib": _rss_mib()}
     )
 
 
@@ -244,26 +241,15 @@ def memory(variants, config, steps, processes, allocator):
     }
     for _ in range(processes):
         for name in variants:
-            completed = subprocess.run(
+            figures = child_process.run(
+                os.path.abspath(__file__),
                 [
-                    sys.executable,
-                    os.path.abspath(__file__),
                     f"--child={name}",
                     f"--config={json.dumps(config)}",
                     f"--steps={steps}",
                 ],
-                env=env,
-                capture_output=True,
-                text=True,
+                env,
             )
-            if completed.returncode:
-                sys.exit(f"{name} failed:\n{completed.stderr[-3000:]}")
-            line = [
-                line
-                for line in completed.stdout.splitlines()
-                if line.startswith("CHILD ")
-            ][-1]
-            figures = json.loads(line[len("CHILD ") :])
             for key in ("first_mib", "steady_mib"):
                 out[name][key].append(figures[key])
             print(

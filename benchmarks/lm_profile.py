@@ -44,10 +44,9 @@ import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 
+import child_process
 import keras
 import lm_common as common  # sets KERAS_BACKEND before Keras loads
 import tensorflow as tf
@@ -341,7 +340,7 @@ def child(variants, repeats):
     runs = {name: build_variant(name, x, y)[1] for name in variants}
     times = common.interleave(runs, repeats)
     summary = common.summarize(times)
-    print("CHILD " + json.dumps({k: v["ms"] for k, v in summary.items()}))
+    child_process.report({k: v["ms"] for k, v in summary.items()})
 
 
 # Environment settings compared in part 4, each in its own processes.
@@ -359,25 +358,13 @@ def settings_runs(variants, runs_each, repeats, settings=SETTINGS):
     samples = {setting: [] for setting in settings}
     for _ in range(runs_each):
         for setting, env in settings.items():
-            completed = subprocess.run(
-                [
-                    sys.executable,
+            samples[setting].append(
+                child_process.run(
                     os.path.abspath(__file__),
-                    f"--child={','.join(variants)}",
-                    f"--repeats={repeats}",
-                ],
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
+                    [f"--child={','.join(variants)}", f"--repeats={repeats}"],
+                    {**os.environ, **env},
+                )
             )
-            if completed.returncode:
-                sys.exit(f"child failed:\n{completed.stderr[-3000:]}")
-            line = [
-                line
-                for line in completed.stdout.splitlines()
-                if line.startswith("CHILD ")
-            ][-1]
-            samples[setting].append(json.loads(line[len("CHILD ") :]))
     return {
         setting: {
             name: statistics.median(run[name] for run in runs)
