@@ -96,6 +96,7 @@ class CausalSelfAttention(keras.layers.Layer):
             shape=(features, features),
             initializer=self.kernel_initializer,
         )
+        self.qkv_bias = self.output_bias = None
         if self.use_bias:
             self.qkv_bias = self.add_weight(
                 name="qkv_bias", shape=(3 * features,), initializer="zeros"
@@ -112,7 +113,7 @@ class CausalSelfAttention(keras.layers.Layer):
         # the heads go first, so that both attention products are plain
         # batched MatMuls: on CPU that is faster than einsum or a broadcast
         # MatMul, for the same function (benchmarks/RESULTS.md).
-        qkv = self._project(inputs, self.qkv_kernel, "qkv_bias")
+        qkv = self._project(inputs, self.qkv_kernel, self.qkv_bias)
         qkv = tf.reshape(qkv, [batch, length, 3, self.num_heads, self.depth])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # (3, batch, h, length, d)
         query, key, value = tf.unstack(qkv)
@@ -134,15 +135,15 @@ class CausalSelfAttention(keras.layers.Layer):
         attended = tf.matmul(weights, value)  # (batch, h, length, d)
         attended = tf.transpose(attended, [0, 2, 1, 3])
         attended = tf.reshape(attended, [batch * length, features])
-        outputs = self._project(attended, self.output_kernel, "output_bias")
+        outputs = self._project(attended, self.output_kernel, self.output_bias)
         return tf.reshape(outputs, tf.shape(inputs))
 
-    def _project(self, inputs, kernel, bias_name):
+    def _project(self, inputs, kernel, bias):
         """`x W^T + b` as one 2-D MatMul over every position."""
         flat = tf.reshape(inputs, [-1, kernel.shape[1]])
         outputs = tf.matmul(flat, kernel, transpose_b=True)
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, getattr(self, bias_name))
+        if bias is not None:
+            outputs = tf.nn.bias_add(outputs, bias)
         return outputs
 
     def _allowed(self, length, mask):

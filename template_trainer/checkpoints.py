@@ -259,9 +259,10 @@ class Checkpoints:
 
     def has_best(self):
         """Whether a best checkpoint was saved (by this run or before)."""
-        return bool(
-            self._best_dir and tf.train.latest_checkpoint(self._best_dir)
-        )
+        return bool(self._best_path())
+
+    def _best_path(self):
+        return self._best_dir and tf.train.latest_checkpoint(self._best_dir)
 
     def restore_best(self):
         """Loads the best weights into the model; False if none were saved.
@@ -269,7 +270,7 @@ class Checkpoints:
         Every worker loads them (the chief wrote them to the shared
         workdir), so all can evaluate the best model together.
         """
-        path = self._best_dir and tf.train.latest_checkpoint(self._best_dir)
+        path = self._best_path()
         if not path:
             return False
         tf.train.Checkpoint(model=self._model).restore(

@@ -280,31 +280,39 @@ def _finish(run, logs):
         run.model.save(os.path.join(worker_dir, "model.keras"))
     if run.writer:
         exports.export(run.model, run.workdir)
-    best_step = int(run.checkpoints.best_step)
-    if best_step == results["step"] and run.checkpoints.has_best():
-        # The final model is the best one: the same weights, so the same
-        # test figures and the same files; no second pass, no second export.
-        results["best_step"] = best_step
-        results[f"best_{run.best_metric}"] = float(run.checkpoints.best_value)
-        results.update(
-            (f"best_{k}", v)
-            for k, v in list(results.items())
-            if k[:5] == "test_"
-        )
-        if run.writer:
-            exports.copy(run.workdir, "best_")
-    elif run.checkpoints.restore_best():
-        results["best_step"] = best_step
-        results[f"best_{run.best_metric}"] = float(run.checkpoints.best_value)
-        results.update(_evaluate(run, run.evaluate_test, "best_test_"))
-        if run.writer:
-            exports.export(run.model, run.workdir, "best_")
+    results.update(_test_best(run, results))
     if run.writer:
         tested = {k: v for k, v in results.items() if "test_" in k}
         run.writer.add_to_last(int(run.step), tested)
         run.writer.close()
         summaries.plot_curves(run.workdir)
     return results
+
+
+def _test_best(run, results):
+    """The best model's step, value, test figures and exports (none if no
+    best was saved). When the final model is the best, they are its own:
+    the same weights, so no second test pass and no second export."""
+    best_step = int(run.checkpoints.best_step)
+    if best_step == results["step"]:
+        if not run.checkpoints.has_best():
+            return {}
+        figures = {
+            f"best_{k}": v for k, v in results.items() if k.startswith("test_")
+        }
+        if run.writer:
+            exports.copy(run.workdir, "best_")
+    else:
+        if not run.checkpoints.restore_best():
+            return {}
+        figures = _evaluate(run, run.evaluate_test, "best_test_")
+        if run.writer:
+            exports.export(run.model, run.workdir, "best_")
+    return {
+        "best_step": best_step,
+        f"best_{run.best_metric}": float(run.checkpoints.best_value),
+        **figures,
+    }
 
 
 @contextlib.contextmanager
