@@ -7,12 +7,15 @@ command on the same workdir resumes from its newest checkpoint.
 """
 
 import os
+import re
 import sys
+import traceback
 import warnings
 
 # Keras 3 picks its backend at import time; this project is TensorFlow's.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# Hide TensorFlow's C++ start-up chatter (CPU feature notes, no-GPU notes).
+# Hide TensorFlow's C++ notes and warnings; its start-up lines, which
+# this does not reach, are filtered by `template_trainer.startup`.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
@@ -71,12 +74,9 @@ def _parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        message = " ".join(str(e).split())
-        if "invalid literal for int()" in message:
-            message = message.split(": invalid literal", 1)[0] + (
-                ": expected an integer."
-            )
-        _fail(message)
+        if "Error whilst parsing config file" in str(e):
+            _fail(_config_file_error(path, e))
+        _fail(_flag_error(e))
     except (AttributeError, KeyError) as e:
         # ml_collections wraps a KeyError('name\nDid you mean ...') in an
         # AttributeError for a missing field.
@@ -100,12 +100,95 @@ def _parse_flags(argv):
             "config file's get_config()."
         )
     except Exception as e:  # noqa: BLE001 - anything the config file raises
-        summary = " ".join(str(e).split())
-        _fail(
-            f"config file {path} could not be loaded ({type(e).__name__}: "
-            f"{summary}); expected a Python file whose get_config() returns "
-            "an ml_collections.ConfigDict, as configs/default.py does."
-        )
+        _fail(_config_file_error(path, e))
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _config_file_error(path, error):
+    """`config file PATH, line N: Type: message`, from the innermost error
+    raised in the config file (ml_collections re-raises a `TypeError` or
+    `ValueError` as a new one holding the traceback's text; the original
+    is its context)."""
+    chain, cause = [], error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    target = os.path.realpath(path)
+    for cause in reversed(chain):
+        frames = traceback.extract_tb(cause.__traceback__)
+        lines = [
+            f.lineno for f in frames if os.path.realpath(f.filename) == target
+        ]
+        if lines or isinstance(cause, SyntaxError):
+            line = cause.lineno if isinstance(cause, SyntaxError) else lines[-1]
+            message = cause.msg if isinstance(cause, SyntaxError) else cause
+            return (
+                f"config file {path}, line {line}: {type(cause).__name__}: "
+                f"{_one_line(message)}"
+            )
+    return (
+        f"config file {path} could not be loaded ({type(error).__name__}: "
+        f"{_one_line(error)}); expected a Python file whose get_config() "
+        "returns an ml_collections.ConfigDict, as configs/default.py does."
+    )
+
+
+# What a `--config.FIELD=VALUE` must be, by the type of the field's value
+# in the config file.
+_EXPECTED = {
+    bool: "expected True or False",
+    int: "expected an integer",
+    float: "expected a number",
+    str: "expected a string",
+    tuple: 'expected a tuple, such as "(256, 256)"',
+    list: 'expected a list, such as "[256, 256]"',
+}
+
+
+def _flag_error(error):
+    """One line for a flag absl could not parse: `--config.FIELD=VALUE:
+    expected ...` by the field's type, or absl's message, flattened."""
+    message = _one_line(error)
+    override = re.match(r"flag (--config\.([\w.]+)=.*?): ", message)
+    if override:
+        try:
+            value = FLAGS["config"].value
+            for part in override.group(2).split("."):
+                value = value[part]
+        except (KeyError, TypeError, AttributeError):
+            value = None
+        expected = _EXPECTED.get(type(value))
+        if expected:
+            return f"{override.group(1)}: {expected}."
+    cause = error.__cause__ or error.__context__
+    if cause is not None and len(cause.args) > 1:  # ('reason', 'value')
+        detail = ": ".join(str(a) for a in cause.args)
+        message = message.split(": ", 1)[0] + ": " + detail
+    return message
+
+
+def _check_config(config, path):
+    """Refuses a bad config in one line, before TensorFlow is imported, and
+    makes the config file's directory importable (for a `config.model.name`
+    of one's own, `my_models:MyModel`, beside it)."""
+    from template_trainer import config_checks
+
+    try:
+        config.keys()  # A config file that failed to load raises here.
+    except OSError as e:
+        _fail(_one_line(e))
+    try:
+        config_checks.validate(config)
+    except config_checks.ConfigError as e:
+        _fail(str(e))
+    if path:
+        directory = os.path.dirname(os.path.abspath(path))
+        if directory not in sys.path:
+            # After the script's own directory: the project's packages win.
+            sys.path.insert(1, directory)
 
 
 def main(argv):
@@ -120,11 +203,8 @@ def main(argv):
         message="To make it possible to preserve tf.data options",
         category=UserWarning,
     )
-    try:
-        config = FLAGS.config
-        config.keys()  # A config file that failed to load raises here.
-    except OSError as e:
-        _fail(" ".join(str(e).split()))
+    config = FLAGS.config
+    _check_config(config, FLAGS["config"].config_filename)
     try:
         _train(config)
     except KeyboardInterrupt:
@@ -142,6 +222,9 @@ def main(argv):
 def _train(config):
     # Imported here, after flag parsing, so `--help` and flag errors return
     # without the ~5 s TensorFlow import.
+    from template_trainer import startup
+
+    startup.import_tensorflow()
     import template_trainer
     import template_trainer.progress
 
@@ -157,13 +240,13 @@ def _train(config):
             print(flush=True)  # End the progress bar's line.
         print(f"{e.label}{e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    print(
-        "Done: "
-        + ", ".join(
-            f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4g}"
-            for k, v in metrics.items()
-        )
+    figures = ", ".join(
+        f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4g}"
+        for k, v in metrics.items()
     )
+    model = os.path.join(FLAGS.workdir, "model.keras")
+    saved = f"; model: {model}" if os.path.exists(model) else ""
+    print(f"Done: {figures}{saved}")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,9 @@ def get_config():
     config.fast_dev_run = 0
     # N > 0: train and validate on the same N batches.
     config.overfit_batches = 0
+    # N > 0: stop once N validations in a row did not improve best_metric
+    # (a resumed run goes on counting). 0: train all num_epochs.
+    config.early_stopping_patience = 0
 
     # distribution
     config.distribution = (

@@ -46,7 +46,7 @@ def _tf_variables(variables):
     return [v.value for v in variables]
 
 
-def _state(model, step, iterator, best, guard):
+def _state(model, step, iterator, best, guard, stale=None):
     """The `tf.train.Checkpoint` of everything that decides a run's future.
 
     The model's weights, the optimizer (slots, iteration count, learning
@@ -54,12 +54,16 @@ def _state(model, step, iterator, best, guard):
     random-number state of the model (dropout's `SeedGenerator`s) and the
     metric accumulators, the best validation result so far and the
     non-finite guard's counters (`guard`, empty when it is off), so a
-    resumed run continues exactly.
+    resumed run continues exactly; and `stale`, early stopping's count of
+    validations without improvement (None: a checkpoint of a trainer from
+    before it, which has none).
     """
     weight_ids = {id(w) for w in model.weights}
     rng = [v for v in model.variables if id(v) not in weight_ids]
     metric_vars = [v for m in model.metrics for v in m.variables]
+    extra = {} if stale is None else {"stale": stale}
     return tf.train.Checkpoint(
+        **extra,
         model=model,
         # A LossScaleOptimizer under mixed_float16, with its scale.
         optimizer=model.optimizer,
@@ -126,8 +130,11 @@ class Checkpoints:
             trainable=False,
         )
         self.best_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Validations since the best one (early stopping's count).
+        self.stale = tf.Variable(0, dtype=tf.int64, trainable=False)
         best = {"value": self.best_value, "step": self.best_step}
-        self._state = _state(model, step, iterator, best, guard)
+        self._state = _state(model, step, iterator, best, guard, self.stale)
+        self._state_before_stale = _state(model, step, iterator, best, guard)
         self._manager = self._best = self._best_dir = None
         if workdir:
             self._best_dir = os.path.join(workdir, BEST)
@@ -160,7 +167,9 @@ class Checkpoints:
         paths = list(reversed(self._manager.checkpoints))
         for path in paths:
             try:
-                self._state.restore(path).assert_existing_objects_matched()
+                self._state_of(path).restore(
+                    path
+                ).assert_existing_objects_matched()
             except _RESTORE_FAILURES as e:
                 if "incompatible tensor with shape" in str(e):
                     # TensorFlow has no type for it. Not damage: every
@@ -188,6 +197,15 @@ class Checkpoints:
                 "directory away to start over."
             )
         return None
+
+    def _state_of(self, path):
+        """The state to restore `path` into: without `stale` for a
+        checkpoint written before early stopping (its count starts at 0)."""
+        names = (name for name, _ in tf.train.list_variables(path))
+        if any(name.startswith("stale/") for name in names):
+            return self._state
+        self.stale.assign(0)
+        return self._state_before_stale
 
     def next_step(self):
         """The next step the step cadence saves at (None: no step cadence)."""
@@ -245,9 +263,11 @@ class Checkpoints:
 
     def offer_best(self, value):
         """Keeps the model as the best if `value` beats the best so far
-        (by `best_mode`); returns whether it did."""
+        (by `best_mode`); returns whether it did. `stale` counts the
+        validations since the best one."""
         best = float(self.best_value)
         better = value > best if self._best_mode == "max" else value < best
+        self.stale.assign(0 if better else self.stale + 1)
         if better:
             self.best_value.assign(value)
             self.best_step.assign(int(self._step))

@@ -2,15 +2,28 @@
 
 Each failure is a `ConfigError` whose message is one line naming the field,
 the value received and what is allowed; `train.py` prints it and exits 2.
-The predicates are `mylayers.checks`', which the layers and
-`CustomModel.compile` use too.
+It imports neither TensorFlow nor Keras, so `train.py` refuses a bad
+config before their ~5 s start: the names a config may choose are kept
+here (the tests check them against the modules that use them).
 """
 
+import math
 import os
+import re
 
-import models
-from mylayers import checks
-from template_trainer import distribution, errors, input_pipeline, optimizers
+from template_trainer import errors
+from template_trainer.data import names as data_names
+
+# `models.ARCHITECTURES`' names; `config.model.name` may also be an import
+# path, "package.module:Attribute" (see `setup.resolve_architecture`).
+ARCHITECTURES = ("cnn", "mlp", "transformer_lm")
+IMPORT_PATH = re.compile(
+    r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
+)
+OPTIMIZERS = ("sgd", "adam", "adamw")  # `optimizers.OPTIMIZERS`
+SCHEDULES = ("constant", "warmup_cosine", "piecewise")  # and `SCHEDULES`
+# `distribution.STRATEGIES`
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 # What the trainer's evaluation on the validation split reports (its model
 # is compiled with the loss and `accuracy`, and for text `bpc`, bits per
@@ -21,6 +34,25 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 class ConfigError(errors.RunError):
     """A config value is missing, of the wrong type, or out of range."""
+
+
+# `mylayers.checks`' predicates (the layers and `CustomModel.compile` use
+# those; importing `mylayers` would import TensorFlow). The tests check
+# that both agree.
+def _is_int(value, minimum=None, maximum=None):
+    """Whether `value` is an int (a bool is not) within the bounds."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    return (minimum is None or value >= minimum) and (
+        maximum is None or value <= maximum
+    )
+
+
+def _is_number(value, minimum=None):
+    """Whether `value` is a finite int or float (not a bool), >= `minimum`."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and (minimum is None or value >= minimum)
 
 
 def _fail(field, value, allowed):
@@ -35,7 +67,7 @@ def _get(config, field):
 
 def _int(config, field, minimum, maximum=None):
     value = _get(config, field)
-    if not checks.is_int(value, minimum, maximum):
+    if not _is_int(value, minimum, maximum):
         if maximum is None:
             _fail(field, value, f"expected an integer >= {minimum}")
         _fail(field, value, f"expected an integer from {minimum} to {maximum}")
@@ -45,9 +77,7 @@ def _int(config, field, minimum, maximum=None):
 def _number(config, field, minimum, strict=True, maximum=None):
     """A finite number > `minimum` (>= unless `strict`) and < `maximum`."""
     value = _get(config, field)
-    ok = checks.is_number(value, minimum) and (
-        value > minimum if strict else True
-    )
+    ok = _is_number(value, minimum) and (value > minimum if strict else True)
     if maximum is not None:
         ok = ok and value < maximum
     if not ok:
@@ -92,28 +122,37 @@ def validate(config):
     _int(config, "max_shift", 0)
     _int(config, "context_length", 1)
 
-    _choice(config, "model.name", models.ARCHITECTURES)
+    name = _get(config, "model.name")
+    if name not in ARCHITECTURES and not (
+        isinstance(name, str) and IMPORT_PATH.match(name)
+    ):
+        _fail(
+            "model.name",
+            name,
+            f"expected one of {', '.join(ARCHITECTURES)}, or an "
+            "architecture of your own as 'package.module:Attribute'",
+        )
     for field in ("hidden_units", "filters"):
         values = config.model.get(field, ())  # `filters`: CNNs only
-        if checks.is_int(values):  # One width for every layer (LMs).
+        if _is_int(values):  # One width for every layer (LMs).
             values = (values,)
-        if not all(checks.is_int(v, 1) for v in values):
+        if not all(_is_int(v, 1) for v in values):
             _fail(f"model.{field}", values, "expected positive integers")
     if "dropout" in config.model:  # Architectures may have none.
         _number(config, "model.dropout", 0.0, strict=False, maximum=1.0)
 
-    _choice(config, "optimizer", optimizers.OPTIMIZERS)
+    _choice(config, "optimizer", OPTIMIZERS)
     _number(config, "learning_rate", 0.0)
     _number(config, "momentum", 0.0, strict=False, maximum=1.0)
     _bool(config, "nesterov")
     _number(config, "weight_decay", 0.0, strict=False)
-    _choice(config, "schedule", optimizers.SCHEDULES)
+    _choice(config, "schedule", SCHEDULES)
     _int(config, "warmup_steps", 0)
     _number(config, "decay_factor", 0.0)
     _int(config, "num_epochs", 1)
     boundaries = config.boundaries
     if list(boundaries) != sorted(set(boundaries)) or not all(
-        checks.is_int(b, 1) for b in boundaries
+        _is_int(b, 1) for b in boundaries
     ):
         _fail("boundaries", boundaries, "expected increasing positive steps")
 
@@ -135,11 +174,12 @@ def validate(config):
     _int(config, "fast_dev_run", 0)
     _int(config, "overfit_batches", 0)
 
-    _choice(config, "distribution", distribution.STRATEGIES)
+    _choice(config, "distribution", STRATEGIES)
     _int(config, "cpu_devices", 0)
     _int(config, "collective_timeout_s", 0)
 
     _int(config, "checkpoint_every_secs", 0)
+    _int(config, "early_stopping_patience", 0)
     _int(config, "checkpoint_every_steps", 0)
     _int(config, "max_checkpoints_to_keep", 1)
 

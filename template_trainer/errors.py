@@ -7,8 +7,7 @@ subclass's `exit_code`. No module reads another's message text.
 
 import contextlib
 import re
-
-import tensorflow as tf
+import sys
 
 
 class RunError(Exception):
@@ -67,18 +66,24 @@ class WriteError(RunError):
         )
 
 
-# What a write to a full, read-only or vanished workdir raises: Python's
-# own writes raise `OSError`, TensorFlow's (checkpoints, SavedModels,
-# summaries) these `OpError`s. Collective errors are not among them: a
-# lost peer is `distribution.WorkerLostError`.
-WRITE_FAILURES = (
-    OSError,
-    tf.errors.ResourceExhaustedError,
-    tf.errors.PermissionDeniedError,
-    tf.errors.NotFoundError,
-    tf.errors.FailedPreconditionError,
-    tf.errors.UnknownError,
-)
+def _write_failures():
+    """What a write to a full, read-only or vanished workdir raises:
+    Python's own writes raise `OSError`, TensorFlow's (checkpoints,
+    SavedModels, summaries) these `OpError`s. Collective errors are not
+    among them: a lost peer is `distribution.WorkerLostError`. TensorFlow's
+    are looked up only once it is imported (nothing else can raise them),
+    so this module, and the config checks that use it, load without it."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return (OSError,)
+    return (
+        OSError,
+        tf.errors.ResourceExhaustedError,
+        tf.errors.PermissionDeniedError,
+        tf.errors.NotFoundError,
+        tf.errors.FailedPreconditionError,
+        tf.errors.UnknownError,
+    )
 
 
 def _reason(error):
@@ -100,5 +105,5 @@ def writing(what, path):
     """Turns a failed write inside the block into a `WriteError`."""
     try:
         yield
-    except WRITE_FAILURES as e:
+    except _write_failures() as e:
         raise WriteError(what, path, _reason(e)) from e

@@ -7,7 +7,9 @@ checkpoint the data iterator (for exact resume) and run under
 """
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -87,12 +89,14 @@ def train_and_evaluate(config, workdir, allow_config_change=False):
     strategy = setup.create_strategy(config)
     with _claimed(workdir, config, strategy, allow_config_change) as workdir:
         run = setup.create_run(config, workdir, strategy)
+        # Before the first step, not after hours: the exports must load.
+        setup.check_saves(run.model)
         with (
             _last_good_checkpoint_named(run),
             distribution.peers_watched(strategy),
         ):
-            _resume(run, config.to_json())
-            logs = _train(run)
+            _resume(run, config)
+            logs = _train(run, config.early_stopping_patience)
             return _finish(run, logs)
 
 
@@ -104,17 +108,26 @@ def _claimed(workdir, config, strategy, allow_config_change):
         yield None
         return
     _, worker_index, is_chief = distribution.worker_info(strategy)
+    created = workdir_guard.first_missing(workdir)
     workdir = workdir_guard.prepare(workdir)
     # Each worker of a multi-worker run holds its own lock in the workdir.
     lock_name = "lock" if is_chief else f"lock.worker-{worker_index}"
-    with workdir_guard.lock(workdir, lock_name):
-        workdir_guard.check_config(
-            workdir,
-            config.to_json(),
-            allow_config_change,
-            has_checkpoint=has_checkpoint(workdir),
-        )
-        yield workdir
+    try:
+        with workdir_guard.locked(workdir, lock_name):
+            workdir_guard.check_config(
+                workdir,
+                config.to_json(),
+                allow_config_change,
+                has_checkpoint=has_checkpoint(workdir),
+            )
+            yield workdir
+    except BaseException:
+        # A run refused before it recorded anything (a config that does
+        # not fit the data, a model that does not save) leaves no workdir.
+        started = os.path.join(workdir, "config.json")
+        if created and is_chief and not os.path.exists(started):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -127,9 +140,10 @@ def _last_good_checkpoint_named(run):
         raise
 
 
-def _resume(run, config_json):
+def _resume(run, config):
     """Restores the newest checkpoint, then records the config and opens
     the logs at the restored step."""
+    _describe(run)
     start = time.perf_counter()
     restored = run.checkpoints.restore()
     if restored:
@@ -149,12 +163,27 @@ def _resume(run, config_json):
         # one that can; and one that trains nothing never replaces the one
         # the weights were trained with.
         if not finished:
-            workdir_guard.save_config(run.workdir, config_json)
-        run.writer = summaries.Writer(run.workdir, int(run.step))
+            workdir_guard.save_config(run.workdir, config.to_json())
+        run.writer = summaries.Writer(
+            run.workdir, int(run.step), hparams=json.loads(config.to_json())
+        )
 
 
-def _train(run):
-    """Trains to the last step: validates, logs and saves on the way.
+def _describe(run):
+    """Prints what is about to train: the model's size and the data's."""
+    info = run.info
+    unit = " windows" if info.kind == "text" else ""
+    print(
+        f"Model: {run.model.name}, {run.model.count_params():,} parameters. "
+        f"Data: {info.num_train:,} train, {info.num_val:,} validation, "
+        f"{info.num_test:,} test{unit}."
+    )
+
+
+def _train(run, patience=0):
+    """Trains to the last step, or until `patience` validations in a row
+    (0: no limit) did not improve on the best: validates, logs and saves
+    on the way.
 
     Returns the last logs (training metrics, and validation ones if the
     last loop validated).
@@ -163,9 +192,9 @@ def _train(run):
     agree = distribution.agreed_signal(run.strategy)
     with _catch_preemption() as signals:
         while int(run.step) < run.total_steps:
+            if _stopped_early(run, patience):
+                break
             epoch, done = divmod(int(run.step), run.steps_per_epoch)
-            if done == 0:
-                run.model.reset_metrics()
             progress = Progress(
                 epoch, run.num_epochs, run.steps_per_epoch, done
             )
@@ -189,8 +218,25 @@ def _train(run):
     return logs
 
 
+def _stopped_early(run, patience):
+    """Whether early stopping ends the run now; if so, says why. The count
+    is in the checkpoint, so a resumed run goes on counting."""
+    stale = int(run.checkpoints.stale)
+    if not patience or stale < patience:
+        return False
+    print(
+        f"Early stopping at step {int(run.step)}: {run.best_metric} has "
+        f"not improved on {float(run.checkpoints.best_value):.4f} (step "
+        f"{int(run.checkpoints.best_step)}) in {stale} validations "
+        f"(early_stopping_patience={patience})."
+    )
+    return True
+
+
 def _train_steps(run, epoch_end):
-    """Runs one loop call's steps; returns the logs shown and logged.
+    """Runs one loop call's steps; returns the logs shown and logged: the
+    metrics' means over these steps alone (each call starts them afresh),
+    and the last step's other values (`grad_norm`, ...).
 
     Raises:
         TrainingDivergedError: the non-finite guard's limit was reached.
@@ -201,6 +247,7 @@ def _train_steps(run, epoch_end):
     if next_save is not None:
         num_steps = min(num_steps, next_save - current)
     start = time.perf_counter()
+    run.model.reset_metrics()
     try:
         logs = run.train_steps(run.iterator, num_steps)
         run.model.check_non_finite()  # The step's own check skips XLA.

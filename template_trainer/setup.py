@@ -6,12 +6,16 @@ summaries), so nothing past it reads a ConfigDict.
 """
 
 import dataclasses
+import importlib
+import inspect
 import math
 import os
 import sys
+import tempfile
 import traceback
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import models
@@ -19,7 +23,7 @@ from template_trainer import (
     checkpoints,
     config_checks,
     distribution,
-    input_pipeline,
+    errors,
     optimizers,
     summaries,
 )
@@ -49,6 +53,8 @@ class Run:
     best_metric: str
 
     @property
+    # The data's shapes and sizes (a `DatasetInfo`), printed at the start.
+    info: object = None
     def num_epochs(self):
         return self.total_steps // self.steps_per_epoch
 
@@ -92,6 +98,15 @@ def create_run(config, workdir, strategy):
     if config.fast_dev_run:
         steps_per_epoch = total_steps = config.fast_dev_run
         val_data = val_data.take(config.fast_dev_run)
+    if workdir and is_chief:
+        # Refuses to resume on other data; keeps the class names and the
+        # vocabulary with the run.
+        workdir_guard.keep_data(
+            workdir,
+            config.dataset,
+            data.info.record(),
+            checkpoints.has_checkpoint(workdir),
+        )
         test_data = test_data.take(config.fast_dev_run)
     else:
         steps_per_epoch = math.ceil(data.info.num_train / config.batch_size)
@@ -135,6 +150,7 @@ def create_run(config, workdir, strategy):
 
 
 def best_mode(metric, mode):
+        info=data.info,
     """`mode`, or for "auto" the one that suits `metric`: lower is better
     for a loss (and bits per character), higher for anything else
     (accuracy)."""
@@ -183,12 +199,13 @@ def _metrics(info):
 
 
 def _create_model(model_config, info):
-    architecture = models.ARCHITECTURES[model_config.name]
+    architecture = resolve_architecture(model_config.name)
     kwargs = {k: v for k, v in model_config.items() if k != "name"}
     try:
         return architecture(
             input_shape=info.input_shape, num_classes=info.num_classes, **kwargs
         )
+    _check_parameters(model_config.name, architecture, kwargs)
     except (TypeError, ValueError) as e:
         # Only the model knows what fits the data (e.g. how many pooling
         # blocks an 8x8 image allows); say it as a config error.
@@ -204,6 +221,179 @@ def _raised_at(error):
     """`; raised at FILE:LINE`, the innermost frame of the project's (or the
     user's) own code in `error`'s traceback, or "" if there is none: when
     the model's own code is wrong, that is where to look."""
+def resolve_architecture(name):
+    """The class or factory `config.model.name` names: one of
+    `models.ARCHITECTURES`, or `"package.module:Attribute"`, imported (the
+    module found on `sys.path`, where `train.py` puts the config file's
+    directory).
+
+    Raises:
+        config_checks.ConfigError: the module or the attribute does not
+            exist, or importing the module failed.
+    """
+    if name in models.ARCHITECTURES:
+        return models.ARCHITECTURES[name]
+    module_name, _, attribute = name.partition(":")
+
+    def refuse(why):
+        raise config_checks.ConfigError(
+            f"config.model.name={name!r} is invalid: {why}."
+        )
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name + ".").startswith(e.name + "."):
+            refuse(
+                f"there is no module {e.name!r} (looked in the config "
+                "file's directory and on sys.path); expected "
+                "'package.module:Attribute' naming your module"
+            )
+        refuse(f"importing {module_name} failed ({_described(e)})")
+    except Exception as e:  # noqa: BLE001 - anything the user's module raises
+        refuse(f"importing {module_name} failed ({_described(e)})")
+    target = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            defined = sorted(
+                n
+                for n, v in vars(module).items()
+                if not n.startswith("_")
+                and callable(v)
+                and getattr(v, "__module__", None) == module.__name__
+            )
+            refuse(
+                f"module {module_name} has no attribute {attribute!r} (it "
+                f"defines {', '.join(defined) or 'no classes or functions'})"
+            )
+    if not callable(target):
+        refuse(f"{attribute} is not a class or a function")
+    return target
+
+
+def _described(error):
+    """`Type: message` of `error`, one line, and where it was raised."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}{_raised_at(error)}"
+
+
+def _check_parameters(name, architecture, fields):
+    """Refuses a field of `config.model` the architecture does not take
+    (a class is checked by its `__init__`). Keyword arguments it passes on
+    (`**kwargs`) are Keras's for a Keras model, and anything for another
+    callable."""
+    function = (
+        architecture.__init__
+        if isinstance(architecture, type)
+        else architecture
+    )
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # No signature (a builtin): try it.
+        return
+    named = [
+        p.name
+        for p in parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in ("self", "input_shape", "num_classes")
+    ]
+    accepted = list(named)
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        if not (
+            isinstance(architecture, type)
+            and issubclass(architecture, keras.layers.Layer)
+        ):
+            return
+        base = inspect.signature(keras.layers.Layer.__init__).parameters
+        accepted += [n for n, p in base.items() if p.kind == p.KEYWORD_ONLY]
+    for field in fields:
+        if field not in accepted:
+            raise config_checks.ConfigError(
+                f"config.model.{field} is not a parameter of {name!r} (it "
+                f"takes {', '.join(named) or 'no other parameters'}); "
+                f"remove it from config.model (del config.model[{field!r}] "
+                "in the config file) or add it to the architecture."
+            )
+
+
+class ModelNotSavableError(errors.RunError):
+    """The built model does not survive a `.keras` save and load."""
+
+
+def check_saves(model):
+    """Saves `model` as `.keras` to a temporary directory and loads it back,
+    before training, so a model whose exports would not load fails now,
+    not after hours.
+
+    Raises:
+        ModelNotSavableError: it did not load, or came back with other
+            weights; the message names the class at fault and the fix.
+    """
+    with tempfile.TemporaryDirectory(prefix="save-check-") as directory:
+        path = os.path.join(directory, "model.keras")
+        try:
+            model.save(path)
+            loaded = keras.models.load_model(path)
+        except Exception as e:  # noqa: BLE001 - whatever Keras raises
+            raise ModelNotSavableError(_not_savable(model, e)) from None
+    ours, theirs = model.get_weights(), loaded.get_weights()
+    if len(ours) != len(theirs) or not all(
+        a.shape == b.shape and np.array_equal(a, b)
+        for a, b in zip(ours, theirs)
+    ):
+        raise ModelNotSavableError(
+            f"{_class_name(type(model))} comes back from a .keras save and "
+            "load with other weights: its get_config() (or a layer's) must "
+            "return every argument its constructor takes, so that "
+            "from_config() builds the same model."
+        )
+
+
+def _class_name(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _not_savable(model, error):
+    """Why `model` does not load from `.keras`: the first of its own
+    layer classes (or its own class) that is not registered, or that its
+    `get_config()` cannot rebuild; else Keras's error, in one line."""
+    ours = [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if not type(layer).__module__.startswith("keras")
+    ]
+    for layer in ours:
+        cls = type(layer)
+        registered = keras.saving.get_registered_name(cls)
+        if keras.saving.get_registered_object(registered) is not cls:
+            package = cls.__module__.split(".")[0]
+            return (
+                f"{_class_name(cls)} (layer {layer.name!r}) is not registered "
+                "for saving, so the run's model.keras would not load: "
+                "decorate the class with @keras.saving."
+                f"register_keras_serializable(package={package!r})."
+            )
+    for layer in reversed(ours):  # The innermost first.
+        try:
+            type(layer).from_config(layer.get_config())
+        except Exception as e:  # noqa: BLE001 - whatever the layer raises
+            # Keras's first sentence; the rest is an example.
+            reason = " ".join(str(e).split()).split(". ")[0]
+            return (
+                f"{_class_name(type(layer))} (layer {layer.name!r}) cannot be "
+                f"rebuilt from its get_config() ({type(e).__name__}: "
+                f"{reason}), so the "
+                "run's model.keras would not load: give the class a "
+                "get_config() that returns every argument of its __init__ "
+                "(and a from_config() if they need converting)."
+            )
+    return (
+        "the model does not survive a .keras save and load, so the run's "
+        f"model.keras would not load ({_described(error)})."
+    )
+
+
     frames = traceback.extract_tb(error.__traceback__)
     for frame in reversed(frames):
         path = os.path.abspath(frame.filename)

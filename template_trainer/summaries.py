@@ -4,6 +4,7 @@ import json
 import os
 
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
 
 from template_trainer import errors
 
@@ -22,9 +23,26 @@ def read_records(path):
     return records
 
 
+def hparams_of(config):
+    """A config (nested dicts) as TensorBoard HParams: one value per field,
+    nested names joined by dots (`model.hidden_units`); numbers, strings
+    and booleans as they are, anything else (a tuple, None) as its text."""
+    flat = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            for inner, v in hparams_of(value).items():
+                flat[f"{name}.{inner}"] = v
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
 class Writer:
     """Writes scalars to TensorBoard (`workdir/tensorboard`) and to
-    `workdir/metrics.jsonl`, one JSON object per call, for scripts.
+    `workdir/metrics.jsonl`, one JSON object per call, for scripts; and
+    `hparams`, the run's config as a dict, to TensorBoard's HParams.
 
     `start_step` is the step the run starts or resumes at: records of later
     steps in `metrics.jsonl`, written after the checkpoint the run resumes
@@ -33,11 +51,14 @@ class Writer:
     beside the new ones.)
     """
 
-    def __init__(self, workdir, start_step=0):
+    def __init__(self, workdir, start_step=0, hparams=None):
         self._tb_path = os.path.join(workdir, "tensorboard")
         self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
         with errors.writing("TensorBoard summaries", self._tb_path):
             self._tb = tf.summary.create_file_writer(self._tb_path)
+            if hparams:
+                with self._tb.as_default():
+                    hp.hparams(hparams_of(hparams))
         if os.path.exists(self._jsonl_path):
             kept = [
                 r
@@ -92,8 +113,29 @@ class Writer:
         self._tb.close()
 
 
+# What `curves.png` draws, one panel each: training value and validation
+# value, if the run logged them.
+PANELS = ("loss", "accuracy", "bpc")
+
+
+def panels(records):
+    """`(title, names)` of each panel `curves.png` draws for `records`:
+    loss, accuracy and the task's own metric (bits per character for the
+    LM), training and validation, and the learning rate."""
+    logged = {name for record in records for name in record}
+    drawn = []
+    for kind in PANELS:
+        names = [n for n in (kind, f"val_{kind}") if n in logged]
+        if names:
+            drawn.append((kind, names))
+    if "learning_rate" in logged:
+        drawn.append(("learning rate", ["learning_rate"]))
+    return drawn
+
+
 def plot_curves(workdir):
-    """Draws `metrics.jsonl` to `workdir/curves.png`; returns its path."""
+    """Draws `metrics.jsonl` to `workdir/curves.png` (see `panels`);
+    returns its path."""
     # matplotlib costs ~1 s to import and only this end-of-run plot uses it.
     import matplotlib
 
@@ -101,18 +143,20 @@ def plot_curves(workdir):
     from matplotlib import pyplot as plt
 
     records = read_records(os.path.join(workdir, "metrics.jsonl"))
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, kind in zip(axes, ("loss", "accuracy")):
-        for name in (kind, f"val_{kind}"):
+    drawn = panels(records)
+    figure, axes = plt.subplots(
+        1, len(drawn), figsize=(4.5 * len(drawn), 4), squeeze=False
+    )
+    for axis, (title, names) in zip(axes[0], drawn):
+        for name in names:
             points = [(r["step"], r[name]) for r in records if name in r]
-            if points:
-                axis.plot(
-                    *zip(*points),
-                    label=name,
-                    marker="." if name.startswith("val_") else None,
-                )
+            axis.plot(
+                *zip(*points),
+                label=name,
+                marker="." if name.startswith("val_") else None,
+            )
         axis.set_xlabel("step")
-        axis.set_title(kind)
+        axis.set_title(title)
         axis.legend()
     path = os.path.join(workdir, "curves.png")
     figure.tight_layout()

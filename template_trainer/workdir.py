@@ -1,5 +1,6 @@
 """Guards on a run's workdir: one trainer at a time, one config per run."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -15,6 +16,8 @@ CHANGEABLE_FIELDS = (
     "checkpoint_every_steps",
     "max_checkpoints_to_keep",
     "steps_per_loop",
+    # When to give up on a run that stopped improving, not what it computes.
+    "early_stopping_patience",
 )
 # A field every config.json has had since the validation split; one
 # without it comes from an older trainer.
@@ -51,6 +54,19 @@ def _unusable(workdir, error):
     return WorkdirError(
         f"workdir {workdir} cannot be used ({error.strerror}: "
         f"{error.filename}); expected a directory this user can create and "
+def first_missing(workdir):
+    """The outermost directory of `workdir`'s path that does not exist yet,
+    which `prepare` would create (None: `workdir` exists). A run refused
+    before it saved anything removes it again."""
+    missing, path = None, os.path.abspath(workdir or ".")
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
         "write to."
     )
 
@@ -73,20 +89,26 @@ def lock(workdir, name="lock"):
         WorkdirInUseError: another process holds the lock.
     """
     path = os.path.join(workdir, name)
-    try:
-        handle = open(path, "a+")
-    except OSError as e:
-        raise _unusable(workdir, e) from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
+    while True:
+        try:
+            handle = open(path, "a+")
+        except OSError as e:
+            raise _unusable(workdir, e) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise WorkdirInUseError(
+                f"workdir {workdir} is in use by a running trainer (pid "
+                f"{owner}); wait for it to finish or use another --workdir."
+            ) from None
+        # A trainer that just finished removed the file it had locked: a
+        # lock on that file guards nothing, so take the new one.
+        if _same_file(handle, path):
+            break
         handle.close()
-        raise WorkdirInUseError(
-            f"workdir {workdir} is in use by a running trainer (pid "
-            f"{owner}); wait for it to finish or use another --workdir."
-        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
@@ -98,6 +120,28 @@ def _flatten(tree, prefix=""):
     if isinstance(tree, dict):
         items = {}
         for key, value in tree.items():
+def _same_file(handle, path):
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def locked(workdir, name="lock"):
+    """Holds the workdir's lock (see `lock`) for the block, and removes
+    the lock file when it ends, so a finished run leaves none."""
+    handle = lock(workdir, name)
+    try:
+        yield
+    finally:
+        # Removed while still held: a trainer waiting on this file then
+        # sees it is gone (see `lock`).
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(workdir, name))
+        handle.close()
+
+
             items.update(_flatten(value, f"{prefix}{key}."))
         return items
     return {prefix[:-1]: tree}
