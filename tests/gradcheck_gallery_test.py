@@ -558,15 +558,43 @@ def _expected_precision(name, dtype):
     return "float64" if dtype and name != "float32_only" else "float32"
 
 
+def _held_weights(layer):
+    """`(attribute, variable)` for the weights that `layer` and the layers
+    in it hold (the gallery holds no weight in a list)."""
+    for attribute, value in vars(layer).items():
+        if isinstance(value, keras.Variable):
+            yield attribute, value
+        elif isinstance(value, keras.layers.Layer):
+            yield from _held_weights(value)
+    for inner in layer.layers if isinstance(layer, keras.Model) else []:
+        yield from _held_weights(inner)
+
+
+def _weight_names(layer):
+    """The trainable weights' names: a weight made without `name=` as
+    `my_layer/w` (not Keras's `my_layer/variable_3`); a named one (a
+    `Dense`'s kernel, held in `_kernel`) by its path."""
+    return {
+        v.path
+        if not v.name.startswith("variable")
+        else f"{v.path.rpartition('/')[0]}/{attribute}"
+        for attribute, v in _held_weights(layer)
+        if v.trainable
+    }
+
+
 def _passes(name, make, inputs, kwargs, dtype):
     layer = make()
     report = _check(layer, inputs, dtype, **kwargs)
     assert report.ok
     assert report.precision.startswith(_expected_precision(name, dtype))
     assert (SAYS if dtype else SAYS_AS_IS).get(name, "") in _says(report)
-    # Every trainable weight was checked, and passed.
+    # Every trainable weight was checked, and passed, named by the path of
+    # its layer and the attribute that holds it.
     checked = {row.tensor for row in report.rows if row.status == "ok"}
-    assert {v.path for v in layer.trainable_variables} <= checked, report
+    expected = _weight_names(layer)
+    assert len(expected) == len(layer.trainable_variables)
+    assert expected <= checked, report
 
 
 def _fails(name, make_broken, inputs, kwargs, dtype):
@@ -611,8 +639,15 @@ def test_guide_first_example_unchanged(dtype):
     arguments beyond its inputs, in every mode; its gradient with the sign
     flipped fails, in float64 and in float32."""
     kwargs = {} if dtype else {"dtype": None}
-    report = mylayers.gradcheck(GuideLinear(3, 4), X, **kwargs)
+    layer = GuideLinear(3, 4)
+    report = mylayers.gradcheck(layer, X, **kwargs)
     assert report.ok
+    # Its unnamed weights, by the attributes that hold them.
+    assert {r.tensor for r in report.rows} == {
+        "inputs",
+        f"{layer.name}/w",
+        f"{layer.name}/b",
+    }
     assert {r.mode for r in report.rows} == {"eager", "function", "jit"}
     assert report.precision.startswith("float64" if dtype else "float32")
     with pytest.raises(mylayers.GradcheckError) as caught:

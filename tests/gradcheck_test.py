@@ -288,7 +288,7 @@ def test_wrong_shape_gradient_is_named(jacobian):
     message = str(caught.value)
     assert (
         f"FAIL: gradient of shape (3, 5), expected (5,) (that of "
-        f"{layer.gamma.path})" in message
+        f"{layer.name}/gamma)" in message
     )
     assert "skipped (a first-order gradient has the wrong shape)" in message
     # "__forgot_batch_sum" is no valid root name scope in tf.function;
@@ -335,3 +335,48 @@ def test_untraceable_layer_is_checked_eagerly_and_named():
         "ERROR: tf.function cannot trace it (AttributeError"
     )
     assert "the eager rows still hold" in rows["function"].status
+
+
+class _Scale(keras.layers.Layer):
+    """The guide's style: a weight made in `__init__` without `name=`."""
+
+    def __init__(self):
+        # Not "__scale", from the class's name: Keras's symbolic build
+        # would fail on it and leave its name scope open.
+        super().__init__(name="scale")
+        self.s = self.add_weight(shape=(2,), initializer="ones")
+
+    def call(self, x):
+        return x * self.s
+
+
+class _Glu(keras.layers.Layer):
+    """Weights without `name=` (one in a list), one named, and a nested
+    layer whose weight this layer holds too."""
+
+    def __init__(self):
+        super().__init__(name="glu")
+        self.inner = _Scale()
+        self.alias = self.inner.s
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 2))
+        self.biases = [self.add_weight(shape=(2,)) for _ in range(2)]
+        self.gate = self.add_weight(shape=(2,), name="gate")
+
+    def call(self, x):
+        h = keras.ops.tanh(x @ self.w + self.biases[0])
+        return self.inner(h * self.gate + self.biases[1])
+
+
+def test_weights_are_named_by_the_attributes_that_hold_them():
+    layer = _Glu()
+    report = mylayers.gradcheck(layer, X, modes=["eager"])
+    assert {r.tensor for r in report.rows} == {
+        "inputs",
+        "glu/w",
+        "glu/biases[0]",
+        "glu/biases[1]",
+        "glu/gate",  # Named: its own name.
+        "scale/s",  # By the layer that made it, not glu/alias.
+    }

@@ -16,6 +16,7 @@ same state and draws the same random numbers.
 
 import contextlib
 import dataclasses
+import functools
 import re
 
 import keras
@@ -79,6 +80,63 @@ def _layers_of(layer):
 
 def _is_float(dtype):
     return tf.dtypes.as_dtype(dtype).is_floating
+
+
+# The names Keras gives a weight made without `name=`: `variable_10`.
+_AUTO_NAME = re.compile(r"variable(_\d+)?")
+
+
+@functools.cache
+def _keras_attributes():
+    """The attributes Keras itself sets on every layer, among them its
+    lists of all the layer's variables: no user's name for a weight."""
+    return frozenset(vars(keras.layers.Layer(name="gradcheck_probe")))
+
+
+def _held(value, attribute):
+    """`(attribute, variable)` for each variable in an attribute's value:
+    the variable itself, or in a list or dict (`ws[0]`, `ws['a']`)."""
+    if isinstance(value, keras.Variable):
+        yield attribute, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _held(item, f"{attribute}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _held(item, f"{attribute}[{key!r}]")
+
+
+def weight_names(layer, variables):
+    """A name per variable of `layer`: its path, or, for a weight made
+    without `name=` (which Keras calls `variable_10`), the path of its layer
+    and the attribute that holds it (`manual_glu/w`, `manual_glu/ws[0]`).
+
+    A weight given a name keeps its path, as `layer.weights` and the saved
+    model show it (`Dense` holds its kernel in `_kernel`). A variable no
+    attribute holds keeps its path too.
+    """
+    held = {}  # id(variable) -> (made by this layer, attribute)
+    for inner in _layers_of(layer):
+        for attribute, value in vars(inner).items():
+            # `_self_*`: TensorFlow's checkpoint bookkeeping.
+            if attribute in _keras_attributes() or attribute.startswith(
+                "_self_"
+            ):
+                continue
+            for name, v in _held(value, attribute):
+                # Rather the layer that made it: `add_weight` puts the
+                # layer's name last in the path.
+                owner = v.path.split("/")[-2:-1] == [inner.name]
+                if id(v) not in held or owner > held[id(v)][0]:
+                    held[id(v)] = (owner, name)
+    names = []
+    for v in variables:
+        if id(v) in held and _AUTO_NAME.fullmatch(v.name):
+            layer_path = v.path.rpartition("/")[0] or layer.name
+            names.append(f"{layer_path}/{held[id(v)][1]}")
+        else:
+            names.append(v.path)
+    return names
 
 
 def _path_name(root, path):
@@ -314,10 +372,13 @@ class _LayerFunction:
 def _changed_state(function, state):
     """Names of non-trainable variables a call changed, and of seeds."""
     changed, seeds = [], []
-    for v, before, after in zip(function.fixed, function.fixed_values, state):
+    names = weight_names(function.layer, function.fixed)
+    for v, name, before, after in zip(
+        function.fixed, names, function.fixed_values, state
+    ):
         if after is None or np.array_equal(np.asarray(before), after):
             continue
-        (changed if _is_float(v.dtype) else seeds).append(v.path)
+        (changed if _is_float(v.dtype) else seeds).append(name)
     return changed, seeds
 
 
@@ -463,7 +524,7 @@ def as_layer_target(
         fn=lambda ps: _flat_outputs(*function.call(ps), precision),
         sources=sources,
         names=[in_structure.name(i) for i in function.float_leaves]
-        + [v.path for v in function.trainable],
+        + weight_names(layer, function.trainable),
         n_in=len(function.float_leaves),
         output_name=namer,
         reference=_reference(ref, outputs),
