@@ -8,9 +8,10 @@ boundary is the point.
 import os
 import pty
 import subprocess
+import sys
 
 import pytest
-from run_helpers import run, train_command
+from run_helpers import REPO, run, train_command
 
 
 def _errors(result):
@@ -38,6 +39,15 @@ def test_a_run_logs_plain_lines_and_ends_with_done(tmp_path):
     assert "step=82," in done
     for name in ("val_accuracy=", "test_accuracy=", "best_test_accuracy="):
         assert name in done
+    assert done.endswith(f"; model: {tmp_path / 'model.keras'}")
+    assert "85,002 parameters. Data: 1,302 train, 140 validation, 355 test" in (
+        result.stdout
+    )
+    # TensorFlow's C++ start-up notes (no GPU here) are gone; a finished
+    # run leaves no lock.
+    for noise in ("cuInit", "cuda drivers", "absl::InitializeLog", "oneDNN"):
+        assert noise not in result.stderr
+    assert not (tmp_path / "lock").exists()
 
 
 @pytest.mark.slow
@@ -70,7 +80,7 @@ def test_config_error_is_one_line_and_exit_2(tmp_path):
     _assert_one_line_error(
         result, 2, "config.batch_size=0 is invalid: expected an integer >= 1"
     )
-    assert not (tmp_path / "w" / "checkpoints").exists()
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize(
@@ -87,6 +97,14 @@ def test_config_error_is_one_line_and_exit_2(tmp_path):
             '--config.learnin_rate=1e-3). Did you mean "learning_rate"',
         ),
         ("--config.model.no_such=1", "unknown config field 'no_such'"),
+        (
+            "--config.deterministic=yes",
+            "error: --config.deterministic=yes: expected True or False.",
+        ),
+        (
+            "--config.learning_rate=fast",
+            "error: --config.learning_rate=fast: expected a number.",
+        ),
     ],
 )
 def test_bad_flag_is_one_line_and_exit_2(tmp_path, override, expected):
@@ -106,12 +124,19 @@ def test_missing_config_file(tmp_path):
 
 CONFIG_FILES = [
     ("config.json", '{"seed": null}', "is not a Python file"),
-    ("broken.py", "def get_config(:\n", "could not be loaded (SyntaxError"),
+    ("broken.py", "def get_config(:\n", "broken.py, line 1: SyntaxError"),
     ("no_function.py", "X = 1\n", "defines no get_config()"),
     (
         "raises.py",
         "def get_config():\n    return null\n",
-        "could not be loaded (NameError",
+        "raises.py, line 2: NameError: name 'null' is not defined",
+    ),
+    (
+        "wrong_type.py",
+        "import ml_collections\n\n\ndef get_config():\n"
+        "    config = ml_collections.ConfigDict({'seed': 0})\n"
+        "    config.seed = 'zero'\n    return config\n",
+        "wrong_type.py, line 6: TypeError: Could not override field 'seed'",
     ),
 ]
 
@@ -123,3 +148,25 @@ def test_unusable_config_file_is_one_line_error(tmp_path, name, text, expected):
     path = tmp_path / name
     path.write_text(text)
     _assert_one_line_error(run(tmp_path / "w", config=str(path)), 2, expected)
+
+
+def test_config_is_checked_before_tensorflow_is_imported():
+    """What train.py runs before the import: a fresh process shows that it
+    loads no TensorFlow, Keras or numpy."""
+    script = (
+        "import sys\n"
+        "from template_trainer import config_checks\n"
+        "from configs import default\n"
+        "config_checks.validate(default.get_config())\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'numpy') "
+        "if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -194,3 +194,48 @@ def test_unusable_workdir_is_one_line_error(tmp_path, path, expected):
         template_trainer.train_and_evaluate(tiny_config(), target)
     assert expected in str(error.value)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_names_kept_without_tensorflow_are_those_the_modules_use():
+    import models
+    from mylayers import checks
+    from template_trainer import distribution, optimizers
+
+    assert sorted(config_checks.ARCHITECTURES) == sorted(models.ARCHITECTURES)
+    assert config_checks.OPTIMIZERS == optimizers.OPTIMIZERS
+    assert config_checks.SCHEDULES == optimizers.SCHEDULES
+    assert config_checks.STRATEGIES == distribution.STRATEGIES
+    values = [0, 1, -1, 2.5, True, None, "1", float("inf"), float("nan")]
+    for value in values:
+        for bound in (None, 0, 1):
+            assert config_checks._is_int(value, bound) == checks.is_int(
+                value, bound
+            )
+            assert config_checks._is_number(value, bound) == (
+                checks.is_number(value, bound)
+            )
+
+
+@pytest.mark.parametrize(
+    "name, valid",
+    [
+        ("my_models:MyModel", True),
+        ("package.module:factory", True),
+        ("my_models:Outer.Inner", True),
+        ("my_models", False),
+        ("my_models:", False),
+        ("my models:X", False),
+        ("my_models:MyModel()", False),
+    ],
+)
+def test_model_name_may_be_an_import_path(name, valid):
+    config = default.get_config()
+    config.model.name = name
+    if valid:
+        config_checks.validate(config)
+        return
+    with pytest.raises(config_checks.ConfigError) as error:
+        config_checks.validate(config)
+    assert "or an architecture of your own as 'package.module:Attribute'" in (
+        str(error.value)
+    )

@@ -244,3 +244,85 @@ def test_metrics_jsonl_records_are_json(tiny_run):
     _, _, workdir = tiny_run
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+@pytest.fixture(scope="session")
+def one_step_per_call(tmp_path_factory):
+    """One epoch logged after every step: each record is one step's values."""
+    workdir = tmp_path_factory.mktemp("one_step")
+    config = tiny_config(num_epochs=1, steps_per_loop=1)
+    template_trainer.train_and_evaluate(config, str(workdir))
+    return summaries.read_records(workdir / "metrics.jsonl")
+
+
+def test_logged_training_values_are_means_over_their_interval(
+    tmp_path, one_step_per_call
+):
+    """With 10 steps per loop call, the record at step 20 is the mean of
+    steps 11-20 alone, not of the epoch so far (same computation: the
+    logging interval does not change it)."""
+    config = tiny_config(num_epochs=1, steps_per_loop=10)
+    template_trainer.train_and_evaluate(config, str(tmp_path))
+    records = summaries.read_records(tmp_path / "metrics.jsonl")
+    per_step = {r["step"]: r for r in one_step_per_call}
+    for record in records[:4]:  # steps 10, 20, 30, 40
+        steps = range(record["step"] - 9, record["step"] + 1)
+        for name in ("loss", "accuracy"):
+            expected = np.mean([per_step[s][name] for s in steps])
+            assert record[name] == pytest.approx(expected, rel=1e-4), name
+
+
+def test_curves_draw_the_tasks_metric_and_the_learning_rate():
+    records = [
+        {"step": 10, "loss": 2.0, "bpc": 2.9, "accuracy": 0.4,
+         "learning_rate": 1e-3},
+        {"step": 20, "loss": 1.9, "bpc": 2.7, "val_bpc": 2.8, "val_loss": 1.9,
+         "learning_rate": 1e-3},
+    ]  # fmt: skip
+    assert summaries.panels(records) == [
+        ("loss", ["loss", "val_loss"]),
+        ("accuracy", ["accuracy"]),
+        ("bpc", ["bpc", "val_bpc"]),
+        ("learning rate", ["learning_rate"]),
+    ]
+
+
+def test_the_config_is_in_tensorboards_hparams(tiny_run):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, _, workdir = tiny_run
+    hparams = {}
+    for path in (workdir / "tensorboard").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data
+                if plugin.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(
+                    plugin.content
+                )
+                hparams.update(data.session_start_info.hparams)
+    assert hparams["learning_rate"].number_value == pytest.approx(3e-3)
+    assert hparams["model.name"].string_value == "mlp"
+    assert hparams["model.hidden_units"].string_value == "[32]"
+    assert hparams["deterministic"].bool_value is False
+
+
+@pytest.mark.slow
+def test_early_stopping_counts_validations_across_a_resume(tmp_path, capsys):
+    """A learning rate too small to change the predictions: the first
+    validation is the best, none after improves. Patience 3: a run of 2
+    epochs has counted 1; resumed for 10 it stops at the 4th validation,
+    not the 5th (its count came back from the checkpoint)."""
+    config = tiny_config(
+        num_epochs=2, learning_rate=1e-12, early_stopping_patience=3
+    )
+    template_trainer.train_and_evaluate(config, str(tmp_path))
+    capsys.readouterr()
+    config.num_epochs = 10
+    metrics = template_trainer.train_and_evaluate(config, str(tmp_path))
+    assert metrics["step"] == 4 * STEPS_PER_EPOCH
+    assert metrics["best_step"] == STEPS_PER_EPOCH
+    out = capsys.readouterr().out
+    assert f"Early stopping at step {4 * STEPS_PER_EPOCH}: val_accuracy" in out
+    assert "in 3 validations (early_stopping_patience=3)" in out
