@@ -1,0 +1,180 @@
+"""Mutants of the trainer's own-architecture, start-up and logging features."""
+
+from tests.mutation.mutant import Mutant
+
+MUTANTS = [
+    Mutant(
+        name="import-path-not-resolved",
+        feature="config.model.name takes 'package.module:Attribute'",
+        file="template_trainer/setup.py",
+        old='    module_name, _, attribute = name.partition(":")\n',
+        new="    raise KeyError(name)\n",
+        tests=("tests/own_architecture_test.py",),
+    ),
+    Mutant(
+        name="unaccepted-model-field-ignored",
+        feature="a config.model field the architecture does not take is "
+        "refused in one line",
+        file="template_trainer/setup.py",
+        old="    _check_parameters(model_config.name, architecture, kwargs)\n",
+        new="",
+        tests=("tests/own_architecture_test.py",),
+    ),
+    Mutant(
+        name="no-save-check",
+        feature="the model's .keras save and load is proven before the "
+        "first step",
+        file="template_trainer/loop.py",
+        old="        setup.check_saves(run.model)\n",
+        new="",
+        tests=("tests/own_architecture_test.py",),
+    ),
+    Mutant(
+        name="refused-run-leaves-workdir",
+        feature="a run refused before it recorded anything leaves no workdir",
+        file="template_trainer/loop.py",
+        old="            shutil.rmtree(created, ignore_errors=True)\n",
+        new="            pass\n",
+        tests=("tests/own_architecture_test.py",),
+    ),
+    Mutant(
+        name="lock-file-left",
+        feature="a finished run leaves no lock file",
+        file="template_trainer/workdir.py",
+        old="            os.remove(os.path.join(workdir, name))\n",
+        new="            pass\n",
+        tests=(
+            "tests/cli_test.py::test_a_run_logs_plain_lines_and_ends_with_done",
+        ),
+    ),
+    Mutant(
+        name="tensorflow-start-up-notes-shown",
+        feature="no TensorFlow C++ start-up lines on a CPU-only run",
+        file="template_trainer/startup.py",
+        old="    keep = keep or (lambda line: not is_noise(line))\n",
+        new="    keep = keep or (lambda line: True)\n",
+        tests=(
+            "tests/startup_test.py",
+            "tests/cli_test.py::test_a_run_logs_plain_lines_and_ends_with_done",
+        ),
+    ),
+    Mutant(
+        name="config-checks-import-tensorflow",
+        feature="config errors come before TensorFlow is imported",
+        file="template_trainer/config_checks.py",
+        old="from template_trainer import errors\n",
+        new="import tensorflow  # noqa: F401\n\nfrom template_trainer import "
+        "errors\n",
+        tests=(
+            "tests/cli_test.py::"
+            "test_config_is_checked_before_tensorflow_is_imported",
+        ),
+    ),
+    Mutant(
+        name="config-file-error-without-line",
+        feature="a config file's exception names the file and the line",
+        file="train.py",
+        old="        if lines or isinstance(cause, SyntaxError):\n",
+        new="        if False:\n",
+        tests=("tests/cli_test.py",),
+    ),
+    Mutant(
+        name="flag-error-by-type-dropped",
+        feature="a --config.FIELD=VALUE of the wrong type is one line "
+        "saying what is expected",
+        file="train.py",
+        old="        if expected:\n            return",
+        new="        if False:\n            return",
+        tests=("tests/cli_test.py",),
+    ),
+    Mutant(
+        name="done-line-without-model-path",
+        feature="the Done: line names model.keras's path",
+        file="train.py",
+        old='    print(f"Done: {figures}{saved}")\n',
+        new='    print(f"Done: {figures}")\n',
+        tests=(
+            "tests/cli_test.py::test_a_run_logs_plain_lines_and_ends_with_done",
+        ),
+    ),
+    Mutant(
+        name="no-start-of-run-sizes",
+        feature="the start of a run prints the parameter count and the "
+        "split sizes",
+        file="template_trainer/loop.py",
+        old="    _describe(run)\n    start",
+        new="    start",
+        tests=(
+            "tests/cli_test.py::test_a_run_logs_plain_lines_and_ends_with_done",
+        ),
+    ),
+    Mutant(
+        name="metrics-reset-per-epoch-only",
+        feature="each logged training value is the mean over its logging "
+        "interval",
+        file="template_trainer/loop.py",
+        old="    start = time.perf_counter()\n    run.model.reset_metrics()\n",
+        new="    start = time.perf_counter()\n"
+        "    if current % run.steps_per_epoch == 0:\n"
+        "        run.model.reset_metrics()\n",
+        tests=(
+            "tests/train_test.py::"
+            "test_logged_training_values_are_means_over_their_interval",
+        ),
+    ),
+    Mutant(
+        name="curves-without-learning-rate",
+        feature="curves.png draws the learning rate",
+        file="template_trainer/summaries.py",
+        old='        drawn.append(("learning rate", ["learning_rate"]))\n',
+        new="        pass\n",
+        tests=(
+            "tests/train_test.py::"
+            "test_curves_draw_the_tasks_metric_and_the_learning_rate",
+        ),
+    ),
+    Mutant(
+        name="curves-without-bpc",
+        feature="curves.png draws the task's own metric (bpc)",
+        file="template_trainer/summaries.py",
+        old='PANELS = ("loss", "accuracy", "bpc")\n',
+        new='PANELS = ("loss", "accuracy")\n',
+        tests=(
+            "tests/train_test.py::"
+            "test_curves_draw_the_tasks_metric_and_the_learning_rate",
+        ),
+    ),
+    Mutant(
+        name="no-hparams",
+        feature="the config's fields in TensorBoard's HParams",
+        file="template_trainer/summaries.py",
+        old="                    hp.hparams(hparams_of(hparams))\n",
+        new="                    pass\n",
+        tests=(
+            "tests/train_test.py::test_the_config_is_in_tensorboards_hparams",
+        ),
+    ),
+    Mutant(
+        name="early-stopping-off",
+        feature="early stopping after early_stopping_patience validations",
+        file="template_trainer/loop.py",
+        old="            if _stopped_early(run, patience):\n"
+        "                break\n",
+        new="",
+        tests=(
+            "tests/train_test.py::"
+            "test_early_stopping_counts_validations_across_a_resume",
+        ),
+    ),
+    Mutant(
+        name="early-stopping-count-not-checkpointed",
+        feature="a resumed run keeps its early-stopping count",
+        file="template_trainer/checkpoints.py",
+        old='    extra = {} if stale is None else {"stale": stale}\n',
+        new="    extra = {}\n",
+        tests=(
+            "tests/train_test.py::"
+            "test_early_stopping_counts_validations_across_a_resume",
+        ),
+    ),
+]
