@@ -37,6 +37,7 @@ class Progress:
 
     def update(self, done, logs):
         """Shows `done` steps of the epoch trained, and the latest `logs`
-        (running means and rates: shown as they are, not averaged)."""
+        (the metrics' means over the last loop call, and rates: shown as
+        they are, not averaged again)."""
         self._bar.stateful_metrics.update(logs)
         self._bar.update(done, list(logs.items()))
