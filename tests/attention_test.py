@@ -175,7 +175,9 @@ def test_padded_key_gets_zero_attention_weight():
     # Row 1: the padded key comes last; a causal query never sees it.
     np.testing.assert_allclose(y[1], [1.0, 2.0, 3.0, 3.0], rtol=1e-6)
     # Without a mask the padded key counts.
-    np.testing.assert_allclose(layer(x).numpy()[0, :, 0], [1, 2, 3, 4])
+    np.testing.assert_allclose(
+        layer(x).numpy()[0, :, 0], [1, 2, 3, 4], rtol=1e-6
+    )
 
 
 def test_padded_keys_do_not_reach_other_positions():

@@ -1,0 +1,282 @@
+"""Mutants of the layers, custom gradients, gradcheck, the step, the
+trainer's state and selection, I/O errors and the sampler."""
+
+from tests.mutation.mutant import Mutant
+
+MUTANTS = [
+    # Layers
+    Mutant(
+        name="linear-no-bias",
+        feature="Linear adds its bias",
+        file="mylayers/linear.py",
+        old="outputs = tf.nn.bias_add(outputs, self.bias)",
+        new="outputs = outputs",
+        tests=("tests/linear_test.py",),
+    ),
+    Mutant(
+        name="rms-norm-no-epsilon",
+        feature="RMSNorm adds epsilon under the square root",
+        file="mylayers/rms_norm.py",
+        old="tf.math.rsqrt(mean_square + self.epsilon)",
+        new="tf.math.rsqrt(mean_square)",
+        tests=("tests/layers_test.py",),
+    ),
+    # Custom gradients
+    Mutant(
+        name="manual-linear-dkernel-transposed",
+        feature="ManualLinear's hand-written dW = dY^T X",
+        file="mylayers/manual_linear.py",
+        old="dkernel = tf.matmul(dy2, _flatten_batch(x), transpose_a=True)",
+        new="dkernel = 0.99 * tf.matmul(dy2, _flatten_batch(x), "
+        "transpose_a=True)",
+        tests=("tests/linear_test.py",),
+    ),
+    Mutant(
+        name="stable-softplus-wrong-derivative",
+        feature="StableSoftplus's gradient is sigmoid(x)",
+        file="mylayers/stable_softplus.py",
+        old="return dy * tf.sigmoid(x)",
+        new="return dy * tf.sigmoid(x) * 1.01",
+        tests=("tests/layers_test.py",),
+    ),
+    Mutant(
+        name="gradient-reversal-no-flip",
+        feature="GradientReversal negates the gradient",
+        file="mylayers/gradient_reversal.py",
+        old="return -scale * dy, None",
+        new="return scale * dy, None",
+        tests=("tests/layers_test.py",),
+    ),
+    Mutant(
+        name="straight-through-no-saturation",
+        feature="the straight-through estimator is zero outside [-1, 1]",
+        file="mylayers/straight_through_quantize.py",
+        old="inside = tf.cast(tf.abs(x) <= 1, dy.dtype)",
+        new="inside = tf.ones_like(dy)",
+        tests=("tests/layers_test.py",),
+    ),
+    Mutant(
+        name="clip-gradient-no-clip",
+        feature="ClipGradient rescales the gradient to max_norm",
+        file="mylayers/clip_gradient.py",
+        old="factor = tf.minimum(tf.cast(1, norm_dtype), limit / norm)",
+        new="factor = tf.cast(1, norm_dtype)",
+        tests=("tests/layers_test.py",),
+    ),
+    # Masking and causality
+    Mutant(
+        name="attention-not-causal",
+        feature="CausalSelfAttention lets no query see a later key",
+        file="mylayers/causal_self_attention.py",
+        old="allowed = tf.linalg.band_part(tf.ones([length, length]), -1, 0)"
+        " > 0",
+        new="allowed = tf.ones([length, length]) > 0",
+        tests=("tests/masking_test.py",),
+    ),
+    Mutant(
+        name="attention-ignores-padding",
+        feature="padded keys get no attention",
+        file="mylayers/causal_self_attention.py",
+        old="allowed = tf.logical_and(allowed, keys)",
+        new="allowed = allowed",
+        tests=("tests/masking_test.py",),
+    ),
+    Mutant(
+        name="embedding-no-mask",
+        feature="TokenEmbedding(mask_zero=True) starts a padding mask",
+        file="mylayers/token_embedding.py",
+        old="return keras.ops.not_equal(inputs, 0)",
+        new="return None",
+        tests=("tests/masking_test.py",),
+    ),
+    Mutant(
+        name="lm-ignores-dropout",
+        feature="TransformerLM passes dropout to its blocks",
+        file="models/transformer_lm.py",
+        old="                dropout=dropout,\n",
+        new="                dropout=0.0,\n",
+        tests=("tests/lm_test.py",),
+    ),
+    # gradcheck
+    Mutant(
+        name="gradcheck-loose-float64",
+        feature="gradcheck's float64 tolerances (1e-6 floor, rtol 1e-5)",
+        file="mylayers/gradcheck/tolerance.py",
+        old='"float64": (1e-6, 1e-6, 1e-5),',
+        new='"float64": (1e-6, 0.3, 0.3),',
+        tests=("tests/gradcheck_near_miss_test.py",),
+    ),
+    Mutant(
+        name="gradcheck-loose-float32",
+        feature="gradcheck's float32 tolerances (1e-5 floor, rtol 2e-3)",
+        file="mylayers/gradcheck/tolerance.py",
+        old='"float32": (2.0**-8, 1e-5, 2e-3),',
+        new='"float32": (2.0**-8, 0.3, 0.3),',
+        tests=("tests/gradcheck_near_miss_test.py",),
+    ),
+    Mutant(
+        name="gradcheck-hvp-forward-unchecked",
+        feature="the forward-over-reverse Hessian-vector product is "
+        "compared with finite differences",
+        file="mylayers/gradcheck/numerics.py",
+        old="forward.append(hvp_forward(self.sources, us).numpy())",
+        new="forward.append(fd)",
+        tests=("tests/gradcheck_near_miss_test.py",),
+    ),
+    # The training step
+    Mutant(
+        name="step-no-loss-scaling",
+        feature="train_step scales the loss under mixed_float16",
+        file="models/custom_model.py",
+        old="scaled_loss = self.optimizer.scale_loss(loss)",
+        new="scaled_loss = loss",
+        tests=("tests/train_step_test.py",),
+    ),
+    Mutant(
+        name="step-clipnorm-ignored",
+        feature="compile(global_clipnorm=) clips the global norm",
+        file="models/step_state.py",
+        old="gradients = [g * tf.cast(factor, g.dtype) for g in gradients]",
+        new="gradients = list(gradients)",
+        tests=("tests/train_step_test.py",),
+    ),
+    Mutant(
+        name="step-no-accumulation",
+        feature="compile(gradient_accumulation_steps=k) updates once per "
+        "k steps",
+        file="models/step_state.py",
+        old="    if steps is None:\n        return\n",
+        new="    return\n",
+        tests=("tests/train_step_test.py",),
+    ),
+    Mutant(
+        name="step-missing-gradients-silent",
+        feature="variables with no gradient raise",
+        file="models/step_parts.py",
+        old='if mode == "raise" or len(missing) == len(variables):',
+        new="if False:",
+        tests=("tests/train_step_test.py",),
+    ),
+    Mutant(
+        name="guard-loss-only",
+        feature="the non-finite guard checks the loss and the gradients",
+        file="models/step_state.py",
+        old="finite = step_parts.is_finite(loss, () if scaled else gradients)",
+        new="finite = step_parts.is_finite(loss, ())",
+        tests=("tests/train_step_test.py",),
+    ),
+    Mutant(
+        name="guard-never-stops",
+        feature="the guard stops after max_consecutive_non_finite steps",
+        file="models/step_state.py",
+        old="new_run = (run + bad) * bad",
+        new="new_run = run * 0",
+        tests=("tests/train_step_test.py",),
+    ),
+    # The trainer's state, selection and metrics
+    Mutant(
+        name="checkpoint-no-dropout-rng",
+        feature="checkpoints hold the dropout RNG state",
+        file="template_trainer/checkpoints.py",
+        old="rng=_tf_variables(rng),",
+        new="",
+        tests=("tests/resume_test.py",),
+    ),
+    Mutant(
+        name="checkpoint-no-iterator",
+        feature="checkpoints hold the data iterator's position",
+        file="template_trainer/checkpoints.py",
+        old="        iterator=iterator,\n        rng=",
+        new="        rng=",
+        tests=("tests/resume_test.py",),
+    ),
+    Mutant(
+        name="best-always-last",
+        feature="the best model is the best validation result, not the last",
+        file="template_trainer/checkpoints.py",
+        old='better = value > best if self._best_mode == "max" else value < '
+        "best",
+        new="better = True",
+        tests=("tests/train_test.py",),
+    ),
+    Mutant(
+        name="best-mode-inverted",
+        feature="best_mode max keeps the highest value",
+        file="template_trainer/checkpoints.py",
+        old='better = value > best if self._best_mode == "max" else value < '
+        "best",
+        new='better = value < best if self._best_mode == "max" else value > '
+        "best",
+        tests=("tests/train_test.py",),
+    ),
+    Mutant(
+        name="bpc-in-decimal-digits",
+        feature="bits per character are the loss / ln 2",
+        file="models/metrics.py",
+        old="return nats / math.log(2.0)",
+        new="return nats / math.log(10.0)",
+        tests=("tests/lm_test.py",),
+    ),
+    # I/O errors
+    Mutant(
+        name="write-failures-lose-notfound",
+        feature="a vanished workdir is a WriteError with the last good "
+        "checkpoint",
+        file="template_trainer/errors.py",
+        old="        tf.errors.NotFoundError,\n"
+        "        tf.errors.FailedPreconditionError,\n"
+        "        tf.errors.UnknownError,\n",
+        new="",
+        tests=("tests/vanished_workdir_test.py",),
+    ),
+    Mutant(
+        name="export-not-atomic",
+        feature="an export is written beside its name and moved into place",
+        file="template_trainer/exports.py",
+        old='    partial = f"{root}.partial{extension}"\n',
+        new="    partial = path\n",
+        tests=("tests/io_faults_test.py",),
+    ),
+    Mutant(
+        name="workdir-lock-not-taken",
+        feature="one trainer per workdir",
+        file="template_trainer/workdir.py",
+        old="fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        new="pass",
+        tests=("tests/cli_test.py",),
+    ),
+    Mutant(
+        name="config-drift-allowed",
+        feature="resuming under a config that changes the computation is "
+        "refused",
+        file="template_trainer/workdir.py",
+        old="if differences and not allow_change:",
+        new="if False:",
+        tests=("tests/resume_test.py",),
+    ),
+    # The sampler
+    Mutant(
+        name="sampler-no-temperature",
+        feature="generate divides the logits by the temperature",
+        file="models/sampling.py",
+        old="logits = logits / temperature",
+        new="logits = logits",
+        tests=("tests/lm_test.py",),
+    ),
+    Mutant(
+        name="sampler-no-top-k",
+        feature="generate samples among the top_k likeliest",
+        file="models/sampling.py",
+        old="logits = tf.where(logits < kth, -np.inf, logits)",
+        new="logits = logits",
+        tests=("tests/lm_test.py",),
+    ),
+    Mutant(
+        name="sampler-draws-padding",
+        feature="generate never draws id 0 (padding)",
+        file="models/sampling.py",
+        old="logits = tf.tensor_scatter_nd_update(logits, [[0]], [-np.inf])",
+        new="logits = logits",
+        tests=("tests/lm_test.py",),
+    ),
+]
