@@ -228,7 +228,7 @@ def test_cli_main_fails_with_table(monkeypatch, capsys):
         "cli_cases",
         lambda: [(BrokenLinear(2, "sign", name="broken"), (2, 3), 1)],
     )
-    assert cli_main() == 1
+    assert cli_main([]) == 1
     out = capsys.readouterr().out
     assert "worst index" in out and "FAIL" in out and "1 failed" not in out
     assert "3 failed" in out  # inputs, in three modes

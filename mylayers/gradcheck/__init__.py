@@ -12,13 +12,16 @@ meant to differ from the derivative of their forward pass
 `reference_backward(inputs, upstream)` method, and their input gradients are
 compared with it instead.
 
-Run `python -m mylayers.gradcheck` to check every layer in `mylayers`.
+Run `python -m mylayers.gradcheck` to check every layer in `mylayers`,
+or `python -m mylayers.gradcheck my_module:MyLayer --input-shape 4,8` to
+check your own (`--help` says more).
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from mylayers.gradcheck.cli import Sample
 from mylayers.gradcheck.numerics import Checker
 from mylayers.gradcheck.report import GradcheckError, GradcheckReport, Row
 from mylayers.gradcheck.target import (
@@ -35,6 +38,7 @@ __all__ = [
     "GradcheckError",
     "GradcheckReport",
     "Row",
+    "Sample",
     "gradcheck",
 ]
 

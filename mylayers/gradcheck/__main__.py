@@ -1,31 +1,24 @@
-"""`python -m mylayers.gradcheck`: checks every layer in `mylayers`.
+"""`python -m mylayers.gradcheck [TARGET]`: checks a layer of your own, or
+every layer in `mylayers`. `--help` says how.
 
 The command line lives here, not in the package's `__init__`, so that
-`-m` runs a module nobody has imported yet (runpy warns otherwise).
+`-m` runs a module nobody has imported yet (runpy warns otherwise); its
+arguments and the user's target are read in `cli.py`.
 """
 
 import sys
-from typing import NamedTuple
 
 import keras
 import numpy as np
 
 import mylayers
-from mylayers.gradcheck import GradcheckError, GradcheckReport, gradcheck
-
-
-class Sample(NamedTuple):
-    """A case's inputs where a shape of random floats will not do.
-
-    Attributes:
-        inputs: A shape, filled with random floats, or the inputs as they
-            are (integer token ids, which gradcheck holds fixed).
-        mask: A Keras padding mask, passed to the layer and held fixed.
-    """
-
-    inputs: object
-    mask: object = None
-
+from mylayers.gradcheck import (
+    CallError,
+    GradcheckError,
+    GradcheckReport,
+    gradcheck,
+)
+from mylayers.gradcheck.cli import Sample, UsageError, cases, parse
 
 # Left padding in the first row, right padding in the second: the first
 # query of the first row has no key to look at.
@@ -94,8 +87,9 @@ def _draw(rng, shape):
     return rng.uniform(0.1, 0.9, size=shape) * rng.choice([-1, 1], shape)
 
 
-def main():
-    """Checks every layer in `mylayers`; prints the table; 0 if all pass."""
+def main(argv):
+    """Checks `argv`'s target, or every layer in `mylayers`; prints the
+    table. Returns 0 if all pass, 1 if one fails, 2 for a bad argument."""
     # Setting KERAS_BACKEND here would be too late: `-m mylayers.gradcheck`
     # imports the `mylayers` package, and with it keras, before this runs.
     if keras.backend.backend() != "tensorflow":
@@ -105,17 +99,13 @@ def main():
             file=sys.stderr,
         )
         return 2
-    rng = np.random.default_rng(0)
-    rows = []
-    for layer, inputs, order in cli_cases():
-        sample = inputs if isinstance(inputs, Sample) else Sample(inputs)
-        x = sample.inputs
-        if isinstance(x, tuple):
-            x = _draw(rng, x)
-        try:
-            rows += gradcheck(layer, x, order=order, mask=sample.mask).rows
-        except GradcheckError as error:
-            rows += error.report.rows
+    try:
+        args = parse(argv)
+        checks = cases(args) if args.target else cli_cases()
+        rows = _check(checks)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     report = GradcheckReport(rows)
     print(report.table())
     failed = sum(row.failed for row in rows)
@@ -124,5 +114,24 @@ def main():
     return 1 if failed else 0
 
 
+def _check(checks):
+    """The rows of every check; raises `UsageError` for a layer that cannot
+    be called on its inputs."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for layer, inputs, order in checks:
+        sample = inputs if isinstance(inputs, Sample) else Sample(inputs)
+        x = sample.inputs
+        if isinstance(x, tuple):
+            x = _draw(rng, x)
+        try:
+            rows += gradcheck(layer, x, order=order, mask=sample.mask).rows
+        except GradcheckError as error:
+            rows += error.report.rows
+        except CallError as error:
+            raise UsageError(str(error)) from error
+    return rows
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
