@@ -1,6 +1,7 @@
 """`CustomModel`: a `keras.Model` whose training step is written out."""
 
 import functools
+import warnings
 
 import keras
 import tensorflow as tf
@@ -48,6 +49,22 @@ def _functional_twin(cls):
 
 def _batch_size(x):
     return tf.shape(tf.nest.flatten(x)[0])[0]
+
+
+def _learning_rates(optimizer):
+    """The learning rate now and at the next iteration: a warm-up starts
+    at 0, a finished cosine stays there. Keras exposes a schedule only
+    through the optimizer's config."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    now = float(optimizer.learning_rate)
+    config = optimizer.get_config()["learning_rate"]
+    if not isinstance(config, dict):  # A constant.
+        return [now]
+    try:
+        schedule = keras.saving.deserialize_keras_object(config)
+        return [now, float(schedule(optimizer.iterations + 1))]
+    except Exception:  # A schedule Keras cannot rebuild: now must do.
+        return [now]
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -197,6 +214,32 @@ class CustomModel(keras.Model):
         # Our tracker replaces Keras's, which shares its name "loss".
         others = [m for m in super().metrics if m.name != "loss"]
         return [self.loss_tracker, *others]
+
+    def fit(self, *args, **kwargs):
+        """Keras's `fit`, which first warns, in one line, if the learning
+        rate is 0: a schedule at its end (as `keras.saving.load_model`
+        restores a finished run, iteration count and all) trains nothing,
+        and Keras says nothing. Read once, before the first step."""
+        self._warn_if_no_learning()
+        return super().fit(*args, **kwargs)
+
+    def _warn_if_no_learning(self):
+        optimizer = self.optimizer
+        if optimizer is None:
+            return  # Not compiled: Keras's fit says so.
+        rates = _learning_rates(optimizer)
+        if any(rate > 0 for rate in rates):
+            return
+        warnings.warn(
+            f"fit: the learning rate is {rates[0]:g} at optimizer iteration "
+            f"{int(optimizer.iterations)} and after (a schedule at its "
+            "end?): this fit will not change the weights. To train on, "
+            "compile again with a new optimizer (model.compile(optimizer="
+            "keras.optimizers.Adam(1e-4), loss=..., metrics=...)), or "
+            "resume the run with train.py and more epochs (the same "
+            "--workdir, a larger --config.num_epochs).",
+            stacklevel=3,  # The user's call of fit.
+        )
 
     def train_step(self, data):
         """Keras's step, with these differences.

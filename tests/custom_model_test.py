@@ -1,5 +1,7 @@
 """Tests for `models.CustomModel` and `models.MLPClassifier`."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import tensorflow as tf
 
 import models
 import mylayers
+from template_trainer import optimizers
 
 
 def _data(n=64, seed=0):
@@ -69,7 +72,9 @@ def test_logged_loss_equals_evaluate_when_weights_do_not_change():
         optimizer=keras.optimizers.SGD(0.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    fit_loss = model.fit(x, y, batch_size=16, verbose=0).history["loss"][0]
+    with pytest.warns(UserWarning, match="learning rate is 0"):
+        history = model.fit(x, y, batch_size=16, verbose=0).history
+    fit_loss = history["loss"][0]
     eval_loss = model.evaluate(x, y, batch_size=16, verbose=0)
     assert fit_loss > 0.0
     np.testing.assert_allclose(fit_loss, eval_loss, rtol=1e-6)
@@ -120,3 +125,71 @@ def test_mlp_classifier_round_trip(tmp_path):
 def test_mlp_classifier_invalid_dropout(dropout):
     with pytest.raises(ValueError, match="dropout"):
         models.MLPClassifier((8, 8, 1), 10, dropout=dropout)
+
+
+def _schedule_model(schedule, iterations):
+    """A tiny compiled model whose optimizer is at `iterations`."""
+    model = _functional()
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(iterations)
+    return model
+
+
+def _fit_warnings(model, x, y):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    return [str(w.message) for w in caught if "learning rate" in str(w.message)]
+
+
+def _weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+@pytest.mark.parametrize(
+    "iterations, warns",
+    [(10, True), (3, False), (0, False)],
+    ids=["exhausted", "decaying", "warming_up"],
+)
+def test_fit_warns_once_at_learning_rate_0(iterations, warns):
+    """The trainer's warmup_cosine is 0 at its first step and from its
+    last on: only the end warns, and it says how to go on."""
+    schedule = optimizers.create_schedule(
+        "warmup_cosine", 0.1, 8, 2, boundaries=(), decay_factor=0.1
+    )
+    model = _schedule_model(schedule, iterations)
+    x, y = _data()
+    before = _weights(model)
+    messages = _fit_warnings(model, x, y)
+    if not warns:
+        assert messages == []
+        return
+    (message,) = messages
+    assert message.startswith("fit: the learning rate is 0 at optimizer ")
+    assert "will not change the weights" in message
+    assert "model.compile(optimizer=" in message and "train.py" in message
+    assert "\n" not in message
+    # It tells the truth: the fit changed nothing.
+    for a, b in zip(before, _weights(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_loaded_finished_run_warns_and_trains_nothing(tmp_path):
+    """`load_model` of a model saved at the end of its cosine schedule
+    restores the iteration count, so `fit` would train nothing: it says
+    so, and the weights show it was right."""
+    x, y = _data()
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=4)
+    model = _schedule_model(schedule, 0)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # 4 steps.
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert int(loaded.optimizer.iterations) == 4
+    before = _weights(loaded)
+    assert len(_fit_warnings(loaded, x, y)) == 1
+    for a, b in zip(before, _weights(loaded)):
+        np.testing.assert_array_equal(a, b)

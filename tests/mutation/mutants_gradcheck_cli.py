@@ -94,3 +94,24 @@ MUTANTS = [
         tests=NAMES,
     ),
 ]
+
+FIT = ("tests/custom_model_test.py",)
+
+MUTANTS += [
+    Mutant(
+        name="fit-silent-at-learning-rate-0",
+        feature="fit on a CustomModel at learning rate 0 warns in one line",
+        file="models/custom_model.py",
+        old="        self._warn_if_no_learning()\n",
+        new="",
+        tests=FIT,
+    ),
+    Mutant(
+        name="fit-warns-during-warm-up",
+        feature="a warm-up that starts at 0 does not warn",
+        file="models/custom_model.py",
+        old="        return [now, float(schedule(optimizer.iterations + 1))]\n",
+        new="        return [now]\n",
+        tests=FIT,
+    ),
+]
