@@ -95,7 +95,7 @@ MUTANTS = [
         file="models/transformer_lm.py",
         old="                dropout=dropout,\n",
         new="                dropout=0.0,\n",
-        tests=("tests/lm_test.py",),
+        tests=("tests/transformer_lm_test.py",),
     ),
     # gradcheck
     Mutant(
@@ -163,7 +163,7 @@ MUTANTS = [
         file="models/step_state.py",
         old="finite = step_parts.is_finite(loss, () if scaled else gradients)",
         new="finite = step_parts.is_finite(loss, ())",
-        tests=("tests/train_step_test.py",),
+        tests=("tests/non_finite_guard_test.py",),
     ),
     Mutant(
         name="guard-never-stops",
@@ -197,7 +197,7 @@ MUTANTS = [
         old='better = value > best if self._best_mode == "max" else value < '
         "best",
         new="better = True",
-        tests=("tests/train_test.py",),
+        tests=("tests/model_selection_test.py",),
     ),
     Mutant(
         name="best-mode-inverted",
@@ -207,7 +207,7 @@ MUTANTS = [
         "best",
         new='better = value < best if self._best_mode == "max" else value > '
         "best",
-        tests=("tests/train_test.py",),
+        tests=("tests/model_selection_test.py",),
     ),
     Mutant(
         name="bpc-in-decimal-digits",
@@ -215,7 +215,24 @@ MUTANTS = [
         file="models/metrics.py",
         old="return nats / math.log(2.0)",
         new="return nats / math.log(10.0)",
-        tests=("tests/lm_test.py",),
+        tests=("tests/metrics_test.py",),
+    ),
+    Mutant(
+        name="best-tested-as-final",
+        feature="the best model's test figures are its own, not the final "
+        "model's",
+        file="template_trainer/loop.py",
+        old="if not run.checkpoints.restore_best():",
+        new="if not run.checkpoints.has_best():",
+        tests=("tests/model_selection_test.py",),
+    ),
+    Mutant(
+        name="trainer-loss-on-probabilities",
+        feature="the trainer's loss reads logits (from_logits=True)",
+        file="template_trainer/setup.py",
+        old="loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),",
+        new="loss=keras.losses.SparseCategoricalCrossentropy(),",
+        tests=("tests/model_selection_test.py",),
     ),
     # I/O errors
     Mutant(
@@ -261,7 +278,7 @@ MUTANTS = [
         file="models/sampling.py",
         old="logits = logits / temperature",
         new="logits = logits",
-        tests=("tests/lm_test.py",),
+        tests=("tests/sampling_test.py",),
     ),
     Mutant(
         name="sampler-no-top-k",
@@ -269,7 +286,7 @@ MUTANTS = [
         file="models/sampling.py",
         old="logits = tf.where(logits < kth, -np.inf, logits)",
         new="logits = logits",
-        tests=("tests/lm_test.py",),
+        tests=("tests/sampling_test.py",),
     ),
     Mutant(
         name="sampler-draws-padding",
@@ -277,6 +294,6 @@ MUTANTS = [
         file="models/sampling.py",
         old="logits = tf.tensor_scatter_nd_update(logits, [[0]], [-np.inf])",
         new="logits = logits",
-        tests=("tests/lm_test.py",),
+        tests=("tests/sampling_test.py",),
     ),
 ]
