@@ -26,8 +26,9 @@ import tensorflow as tf  # noqa: E402
 
 import models  # noqa: E402
 from configs import default  # noqa: E402
-from template_trainer import input_pipeline, setup  # noqa: E402
 from template_trainer import loop as trainer  # noqa: E402
+from template_trainer import setup  # noqa: E402
+from template_trainer.data import pipeline  # noqa: E402
 
 ROUNDS = 7
 
@@ -382,7 +383,7 @@ def bench_pipeline(step_ms):
         return total
 
     with tempfile.TemporaryDirectory() as data_dir:
-        train = input_pipeline.create_datasets(
+        train = pipeline.create_datasets(
             "digits", data_dir, False, 0.1, 32, 512, 10_000, 0, max_shift=1
         ).train
         iterator = iter(train)

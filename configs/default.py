@@ -35,6 +35,12 @@ def get_config():
     # Text datasets only (configs/lm.py): the characters a model reads at
     # once, and predicts the next of at each.
     config.context_length = 128
+    # Sources of your own (config.dataset="csv:PATH"): the CSV column that
+    # holds the labels; every other column is a numeric feature.
+    config.label_column = "label"
+    # config.dataset="imagefolder:DIR": resize every image to N x N pixels
+    # (0: keep their own size, which must then be the same for all).
+    config.image_size = 0
 
     # model
     config.model = ml_collections.ConfigDict()
@@ -94,15 +100,15 @@ def get_config():
     config.best_metric = "val_accuracy"
     # auto: min for a loss, max otherwise | max | min
     config.best_mode = "auto"
+    # N > 0: stop once N validations in a row did not improve best_metric
+    # (a resumed run goes on counting). 0: train all num_epochs.
+    config.early_stopping_patience = 0
 
     # quick checks of a new layer or model
     # N > 0: N train steps, N validation and N test batches, no writes.
     config.fast_dev_run = 0
     # N > 0: train and validate on the same N batches.
     config.overfit_batches = 0
-    # N > 0: stop once N validations in a row did not improve best_metric
-    # (a resumed run goes on counting). 0: train all num_epochs.
-    config.early_stopping_patience = 0
 
     # distribution
     config.distribution = (

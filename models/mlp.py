@@ -9,7 +9,8 @@ from mylayers import checks
 
 @keras.saving.register_keras_serializable(package="models")
 class MLPClassifier(CustomModel):
-    """Flatten -> [Linear -> activation -> Dropout] x N -> Linear logits.
+    """[Normalization ->] Flatten -> [Linear -> activation -> Dropout] x N
+    -> Linear logits.
 
     A Functional `CustomModel`, so `summary()`, plotting and `.keras` saving
     work as for any Functional model; `get_config` holds only the arguments
@@ -21,6 +22,10 @@ class MLPClassifier(CustomModel):
         hidden_units: Sizes of the hidden layers.
         activation: Activation of the hidden layers.
         dropout: Dropout rate after each hidden layer, in [0, 1).
+        normalization: `(mean, variance)`, one value per input feature
+            (e.g. of the training split): a `keras.layers.Normalization`
+            scales the inputs with them first, so the model takes raw
+            rows. None: inputs as they come.
         **kwargs: `keras.Model` arguments (`name`, ...).
     """
 
@@ -31,12 +36,19 @@ class MLPClassifier(CustomModel):
         hidden_units=(256, 256),
         activation="relu",
         dropout=0.0,
+        normalization=None,
         **kwargs,
     ):
         checks.positive_ints(self, "hidden_units", hidden_units)
         checks.dropout_rate(self, dropout)
         inputs = keras.Input(shape=tuple(input_shape), name="image")
-        x = keras.layers.Flatten()(inputs)
+        x = inputs
+        if normalization is not None:
+            mean, variance = normalization
+            x = keras.layers.Normalization(
+                mean=list(mean), variance=list(variance), name="normalization"
+            )(x)
+        x = keras.layers.Flatten()(x)
         for units in hidden_units:
             x = mylayers.Linear(units, activation=activation)(x)
             if dropout:
@@ -49,6 +61,11 @@ class MLPClassifier(CustomModel):
         self.hidden_units = tuple(hidden_units)
         self.activation = activation
         self.dropout = dropout
+        self.normalization = (
+            None
+            if normalization is None
+            else tuple(tuple(float(v) for v in part) for part in normalization)
+        )
 
     def get_config(self):
         return {
@@ -59,6 +76,7 @@ class MLPClassifier(CustomModel):
             "hidden_units": self.hidden_units,
             "activation": self.activation,
             "dropout": self.dropout,
+            "normalization": self.normalization,
         }
 
     @classmethod

@@ -107,7 +107,15 @@ def validate(config):
     What depends on the data and the devices is checked by `check_fits`
     once they are known.
     """
-    _choice(config, "dataset", input_pipeline.DATASETS)
+    dataset = _get(config, "dataset")
+    why = data_names.problem(dataset)
+    if why:
+        _fail("dataset", dataset, why)
+    label_column = config.get("label_column", "label")
+    if not isinstance(label_column, str) or not label_column:
+        _fail("label_column", label_column, "expected a CSV column's name")
+    if "image_size" in config:
+        _int(config, "image_size", 0)
     data_dir = config.data_dir
     if data_dir is not None and (
         not isinstance(data_dir, str)
@@ -171,6 +179,7 @@ def validate(config):
     _int(config, "val_every_epochs", 1)
     _choice(config, "best_metric", VAL_METRICS)
     _choice(config, "best_mode", ("auto", "max", "min"))
+    _int(config, "early_stopping_patience", 0)
     _int(config, "fast_dev_run", 0)
     _int(config, "overfit_batches", 0)
 
@@ -179,14 +188,13 @@ def validate(config):
     _int(config, "collective_timeout_s", 0)
 
     _int(config, "checkpoint_every_secs", 0)
-    _int(config, "early_stopping_patience", 0)
     _int(config, "checkpoint_every_steps", 0)
     _int(config, "max_checkpoints_to_keep", 1)
 
 
 def check_fits(batch_size, max_shift, info, replicas, best_metric):
-    """Raises `ConfigError` where the config does not fit the data (an
-    `input_pipeline.DatasetInfo`) or the devices: a batch the replicas
+    """Raises `ConfigError` where the config does not fit the data (a
+    `data.pipeline.DatasetInfo`) or the devices: a batch the replicas
     cannot share, a shift that moves most of the image out of view, an
     image option or metric for text, or the reverse."""
     if batch_size % replicas:
@@ -206,6 +214,15 @@ def check_fits(batch_size, max_shift, info, replicas, best_metric):
             "bits per character are for text datasets; expected "
             "val_accuracy or val_loss",
         )
+    if info.kind == "tabular":
+        if max_shift:
+            _fail(
+                "max_shift",
+                max_shift,
+                "expected 0 for a dataset of feature rows (shifts move "
+                "image pixels)",
+            )
+        return
     height, width = info.input_shape[:2]
     most = (min(height, width) - 1) // 2
     if max_shift > most:

@@ -14,6 +14,8 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN's kernels unless the user chose (why: mylayers/_onednn.py).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from absl import app, flags  # noqa: E402
 
@@ -59,7 +61,8 @@ def _parse_flags(argv):
 
 
 def _vocabulary(workdir):
-    """The vocabulary module of the workdir's dataset."""
+    """The vocabulary of the workdir's dataset: `python_docs_dataset`, or
+    for `text:PATH` the one built from the file, kept in `data.json`."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise SampleError(
@@ -69,15 +72,29 @@ def _vocabulary(workdir):
         )
     with open(path) as f:
         dataset = json.load(f)["dataset"]
-    from template_trainer import input_pipeline
+    from template_trainer.data import names
 
-    if dataset not in input_pipeline.TEXT_DATASETS:
+    if not names.is_text(dataset):
         raise SampleError(
             f"{workdir} holds a model of the '{dataset}' dataset, not a "
             "language model; expected a workdir trained on text (such as "
             "configs/lm.py's)."
         )
-    return input_pipeline.TEXT_DATASETS[dataset]
+    if names.source(dataset) is None:
+        import python_docs_dataset
+
+        return python_docs_dataset
+    # text:PATH: the vocabulary built from the file, kept with the run.
+    from template_trainer.data.vocabulary import Vocabulary
+
+    record = os.path.join(workdir, "data.json")
+    if not os.path.isfile(record):
+        raise SampleError(
+            f"{workdir} has no data.json, the vocabulary of its text; "
+            "rerun its train.py command to write it."
+        )
+    with open(record) as f:
+        return Vocabulary(json.load(f)["vocabulary"])
 
 
 def _load(workdir, which):

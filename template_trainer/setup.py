@@ -27,6 +27,8 @@ from template_trainer import (
     optimizers,
     summaries,
 )
+from template_trainer import workdir as workdir_guard
+from template_trainer.data import pipeline
 
 
 @dataclasses.dataclass
@@ -51,10 +53,10 @@ class Run:
     steps_per_loop: int
     val_every_epochs: int
     best_metric: str
-
-    @property
     # The data's shapes and sizes (a `DatasetInfo`), printed at the start.
     info: object = None
+
+    @property
     def num_epochs(self):
         return self.total_steps // self.steps_per_epoch
 
@@ -74,7 +76,7 @@ def create_run(config, workdir, strategy):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     _, worker_index, is_chief = distribution.worker_info(strategy)
-    data = input_pipeline.create_datasets(
+    data = pipeline.create_datasets(
         dataset=config.dataset,
         data_dir=config.data_dir,
         download=config.download,
@@ -86,6 +88,8 @@ def create_run(config, workdir, strategy):
         max_shift=config.max_shift,
         overfit_batches=config.overfit_batches,
         context_length=config.context_length,
+        label_column=config.get("label_column", "label"),
+        image_size=config.get("image_size", 0),
     )
     config_checks.check_fits(
         config.batch_size,
@@ -94,10 +98,6 @@ def create_run(config, workdir, strategy):
         strategy.num_replicas_in_sync,
         config.best_metric,
     )
-    val_data, test_data = data.val, data.test
-    if config.fast_dev_run:
-        steps_per_epoch = total_steps = config.fast_dev_run
-        val_data = val_data.take(config.fast_dev_run)
     if workdir and is_chief:
         # Refuses to resume on other data; keeps the class names and the
         # vocabulary with the run.
@@ -107,6 +107,10 @@ def create_run(config, workdir, strategy):
             data.info.record(),
             checkpoints.has_checkpoint(workdir),
         )
+    val_data, test_data = data.val, data.test
+    if config.fast_dev_run:
+        steps_per_epoch = total_steps = config.fast_dev_run
+        val_data = val_data.take(config.fast_dev_run)
         test_data = test_data.take(config.fast_dev_run)
     else:
         steps_per_epoch = math.ceil(data.info.num_train / config.batch_size)
@@ -146,11 +150,11 @@ def create_run(config, workdir, strategy):
         steps_per_loop=config.steps_per_loop,
         val_every_epochs=config.val_every_epochs,
         best_metric=config.best_metric,
+        info=data.info,
     )
 
 
 def best_mode(metric, mode):
-        info=data.info,
     """`mode`, or for "auto" the one that suits `metric`: lower is better
     for a loss (and bits per character), higher for anything else
     (accuracy)."""
@@ -201,11 +205,12 @@ def _metrics(info):
 def _create_model(model_config, info):
     architecture = resolve_architecture(model_config.name)
     kwargs = {k: v for k, v in model_config.items() if k != "name"}
+    _check_parameters(model_config.name, architecture, kwargs)
+    kwargs.update(_data_arguments(architecture, info))
     try:
         return architecture(
             input_shape=info.input_shape, num_classes=info.num_classes, **kwargs
         )
-    _check_parameters(model_config.name, architecture, kwargs)
     except (TypeError, ValueError) as e:
         # Only the model knows what fits the data (e.g. how many pooling
         # blocks an 8x8 image allows); say it as a config error.
@@ -217,10 +222,21 @@ def _create_model(model_config, info):
         ) from None
 
 
-def _raised_at(error):
-    """`; raised at FILE:LINE`, the innermost frame of the project's (or the
-    user's) own code in `error`'s traceback, or "" if there is none: when
-    the model's own code is wrong, that is where to look."""
+def _data_arguments(architecture, info):
+    """`normalization=(mean, variance)` of a tabular dataset's features,
+    for an architecture whose constructor takes it (the bundled MLP's
+    does: `model.keras` then predicts on raw rows); else nothing."""
+    if info.normalization is None:
+        return {}
+    try:
+        parameters = inspect.signature(architecture).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "normalization" not in parameters:
+        return {}
+    return {"normalization": info.normalization}
+
+
 def resolve_architecture(name):
     """The class or factory `config.model.name` names: one of
     `models.ARCHITECTURES`, or `"package.module:Attribute"`, imported (the
@@ -394,6 +410,10 @@ def _not_savable(model, error):
     )
 
 
+def _raised_at(error):
+    """`; raised at FILE:LINE`, the innermost frame of the project's (or the
+    user's) own code in `error`'s traceback, or "" if there is none: when
+    the model's own code is wrong, that is where to look."""
     frames = traceback.extract_tb(error.__traceback__)
     for frame in reversed(frames):
         path = os.path.abspath(frame.filename)

@@ -24,7 +24,11 @@ CHANGEABLE_FIELDS = (
 _VALIDATION_FIELD = "val_fraction"
 # Fields added since, with the value a run saved before them had in effect:
 # such a run resumes as it was (image runs never read `context_length`).
-_ADDED_FIELDS = {"context_length": 128}
+_ADDED_FIELDS = {
+    "context_length": 128,
+    "label_column": "label",
+    "image_size": 0,
+}
 
 
 class WorkdirError(errors.RunError):
@@ -50,10 +54,6 @@ def prepare(workdir):
     return workdir
 
 
-def _unusable(workdir, error):
-    return WorkdirError(
-        f"workdir {workdir} cannot be used ({error.strerror}: "
-        f"{error.filename}); expected a directory this user can create and "
 def first_missing(workdir):
     """The outermost directory of `workdir`'s path that does not exist yet,
     which `prepare` would create (None: `workdir` exists). A run refused
@@ -67,6 +67,10 @@ def first_missing(workdir):
     return missing
 
 
+def _unusable(workdir, error):
+    return WorkdirError(
+        f"workdir {workdir} cannot be used ({error.strerror}: "
+        f"{error.filename}); expected a directory this user can create and "
         "write to."
     )
 
@@ -116,10 +120,6 @@ def lock(workdir, name="lock"):
     return handle
 
 
-def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        items = {}
-        for key, value in tree.items():
 def _same_file(handle, path):
     try:
         return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
@@ -142,6 +142,10 @@ def locked(workdir, name="lock"):
         handle.close()
 
 
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        items = {}
+        for key, value in tree.items():
             items.update(_flatten(value, f"{prefix}{key}."))
         return items
     return {prefix[:-1]: tree}
@@ -206,4 +210,36 @@ def save_config(workdir, config_json):
     with errors.writing("run's config", path):
         with open(temporary, "w") as f:
             json.dump(json.loads(config_json), f, indent=2, sort_keys=True)
+        os.replace(temporary, path)
+
+
+class DataDriftError(ConfigMismatchError):
+    """The data of a run's source changed since the run started."""
+
+
+def keep_data(workdir, dataset, record, has_checkpoint):
+    """Writes `data.json`, what the run keeps of its data (a
+    `DatasetInfo.record()`: the source's content key, class names,
+    vocabulary), after refusing to resume a run on changed data.
+
+    Raises:
+        DataDriftError: the workdir holds a checkpoint trained on
+            `dataset` with another content key.
+    """
+    path = os.path.join(workdir, "data.json")
+    if has_checkpoint and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        old, new = saved.get("content_key", ""), record["content_key"]
+        if saved.get("dataset") == dataset and old != new:
+            raise DataDriftError(
+                f"workdir {workdir} holds a run trained on {dataset} as it "
+                f"was (content sha256 {old[:12]}...), and its content has "
+                f"changed since (now {new[:12]}...); restore the data, or "
+                "train on it in a new --workdir."
+            )
+    temporary = path + ".tmp"
+    with errors.writing("run's data record", path):
+        with open(temporary, "w") as f:
+            json.dump({"dataset": dataset, **record}, f, indent=2)
         os.replace(temporary, path)

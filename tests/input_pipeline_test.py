@@ -10,7 +10,7 @@ from run_helpers import tiny_config
 
 import template_trainer
 from configs import cifar10, fashion_mnist, mnist
-from template_trainer import input_pipeline
+from template_trainer.data import catalog, pipeline
 
 
 def _create(tmp_path, **overrides):
@@ -25,7 +25,7 @@ def _create(tmp_path, **overrides):
         seed=0,
     )
     kwargs.update(overrides)
-    return input_pipeline.create_datasets(**kwargs)
+    return pipeline.create_datasets(**kwargs)
 
 
 def _labels(dataset):
@@ -42,8 +42,14 @@ def digits(tmp_path_factory):
 
 
 def test_digits_builds_offline_into_three_splits(digits):
-    assert digits.info == input_pipeline.DatasetInfo(
-        (8, 8, 1), 10, 1302, 140, 355, "train"
+    assert digits.info == pipeline.DatasetInfo(
+        (8, 8, 1),
+        10,
+        1302,
+        140,
+        355,
+        "train",
+        label_names=tuple(str(d) for d in range(10)),
     )
     images, labels = next(iter(digits.train))
     assert images.shape == (32, 8, 8, 1) and images.dtype == tf.float32
@@ -71,10 +77,8 @@ def test_validation_is_a_stratified_slice_the_training_never_sees(digits):
 
 def test_validation_mask_is_deterministic_and_per_class():
     labels = np.array([0, 1] * 50 + [2] * 7)
-    mask = input_pipeline.validation_mask(labels, 0.2)
-    np.testing.assert_array_equal(
-        mask, input_pipeline.validation_mask(labels, 0.2)
-    )
+    mask = pipeline.validation_mask(labels, 0.2)
+    np.testing.assert_array_equal(mask, pipeline.validation_mask(labels, 0.2))
     assert [int(mask[labels == c].sum()) for c in (0, 1, 2)] == [10, 10, 1]
     # Evenly spread: each class's 5th, 10th, ... example.
     assert np.flatnonzero(mask[labels == 0]).tolist() == list(range(4, 50, 5))
@@ -117,7 +121,7 @@ def test_shift_images_matches_a_numpy_reference(max_shift):
     size = 2 * max_shift + 1
     images = rng.uniform(size=(size * size, 6, 5, 2)).astype("float32")
     choice = np.arange(size * size, dtype="int32")  # every shift once
-    shifted = input_pipeline.shift_images(
+    shifted = pipeline.shift_images(
         tf.constant(images), tf.constant(choice), max_shift
     ).numpy()
     for k in range(size * size):
@@ -156,7 +160,7 @@ def test_overfit_batches_repeats_the_same_batches(tmp_path):
 
 
 def test_missing_catalog_dataset_says_how_to_prepare(tmp_path):
-    with pytest.raises(input_pipeline.DatasetUnavailableError) as error:
+    with pytest.raises(pipeline.DatasetUnavailableError) as error:
         _create(tmp_path, dataset="mnist")
     message = str(error.value)
     assert "dataset 'mnist'" in message
@@ -166,10 +170,8 @@ def test_missing_catalog_dataset_says_how_to_prepare(tmp_path):
 
 
 def test_unreachable_download_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(input_pipeline, "_reachable", lambda urls: False)
-    with pytest.raises(
-        input_pipeline.DatasetUnavailableError, match="unreachable"
-    ):
+    monkeypatch.setattr(catalog, "_reachable", lambda urls: False)
+    with pytest.raises(pipeline.DatasetUnavailableError, match="unreachable"):
         _create(tmp_path, dataset="cifar10", download=True)
 
 
@@ -192,7 +194,7 @@ def test_catalog_configs_train_on_mock_data(
     config.eval_batch_size = 8
     config.model.hidden_units = (16,)
     # mock_data replaces the download, but not our reachability check.
-    monkeypatch.setattr(input_pipeline, "_reachable", lambda urls: True)
+    monkeypatch.setattr(catalog, "_reachable", lambda urls: True)
     with tfds.testing.mock_data(num_examples=config.batch_size * 4):
         metrics = template_trainer.train_and_evaluate(
             config, str(tmp_path / "run")

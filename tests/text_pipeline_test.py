@@ -16,7 +16,8 @@ from run_helpers import corpus_splits
 
 import python_docs_dataset
 from python_docs_dataset import builder as python_docs
-from template_trainer import input_pipeline
+from template_trainer.data import pipeline
+from template_trainer.data import text as text_source
 
 
 def _create(context_length=64, batch_size=8, seed=0, **overrides):
@@ -32,7 +33,7 @@ def _create(context_length=64, batch_size=8, seed=0, **overrides):
         context_length=context_length,
     )
     kwargs.update(overrides)
-    return input_pipeline.create_datasets(**kwargs)
+    return pipeline.create_datasets(**kwargs)
 
 
 def _pairs(dataset):
@@ -58,7 +59,7 @@ def text():
 def test_info_of_python_docs_at_context_128(splits):
     info = _create(context_length=128).info
     # configs/lm.py's comment: 323 steps of 32 windows an epoch.
-    assert info == input_pipeline.DatasetInfo(
+    assert info == pipeline.DatasetInfo(
         input_shape=(128,),
         num_classes=97,
         num_train=10_312,
@@ -125,7 +126,7 @@ def test_training_windows_are_training_text_and_its_next_characters(
 def test_training_windows_start_anywhere_up_to_the_last_full_one():
     """On a 10-id text, 8-id windows and their targets fit at two places
     only: both are drawn, and nothing past the end."""
-    draw = input_pipeline._random_windows(
+    draw = text_source.random_windows(
         np.arange(1, 11, dtype=np.int32),
         context_length=8,
         batch_size=64,

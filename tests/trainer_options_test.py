@@ -14,9 +14,10 @@ import tensorflow as tf
 from run_helpers import tiny_config
 
 import template_trainer
-from template_trainer import checkpoints, input_pipeline, setup
+from template_trainer import checkpoints, setup
+from template_trainer.data import pipeline
 
-INFO = input_pipeline.DatasetInfo((8, 8, 1), 10, 1302, 140, 355, "train")
+INFO = pipeline.DatasetInfo((8, 8, 1), 10, 1302, 140, 355, "train")
 
 
 @pytest.fixture(autouse=True)

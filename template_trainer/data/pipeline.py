@@ -1,50 +1,45 @@
-"""Input pipeline: TFDS datasets as `tf.data` pipelines, in three splits.
+"""Input pipeline: every dataset as `tf.data` pipelines, in three splits.
 
 `train` is what the model learns from, `val` what the trainer evaluates
 during training and selects the best checkpoint on, and `test` what it
-evaluates once, at the end. An image dataset without a validation split of
-its own gives up a deterministic, stratified slice of its training split.
-A text dataset is cut into windows of characters, each target the window
-shifted by one.
+evaluates once, at the end. A source without a validation (or test) split
+gives one up from its training split (`splits`). A text dataset is cut
+into windows of characters, each target the window shifted by one.
 """
 
-import contextlib
 import dataclasses
-import fcntl
-import os
-import random
-import socket
-import urllib.parse
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-# Importing the packages registers the bundled builders with TFDS.
-import digits_dataset  # noqa: F401
 import python_docs_dataset
-from template_trainer import errors
+from template_trainer.data import (
+    catalog,
+    image_folder,
+    names,
+    splits,
+    store,
+    tabular,
+    text,
+)
+from template_trainer.data.problems import DataError, DatasetUnavailableError
+from template_trainer.data.splits import validation_mask
+from template_trainer.data.vocabulary import Vocabulary
 
-# The datasets the trainer accepts, with the largest pixel value of each, used
-# to scale pixels to [0, 1].
-PIXEL_MAX = {
-    "digits": 16.0,
-    "mnist": 255.0,
-    "fashion_mnist": 255.0,
-    "cifar10": 255.0,
-}
-# Text datasets, each with the module of its vocabulary (`VOCABULARY_SIZE`,
-# `encode`, `decode`; id 0 pads).
-TEXT_DATASETS = {"python_docs": python_docs_dataset}
-DATASETS = (*PIXEL_MAX, *TEXT_DATASETS)
-OFFLINE = ("digits", "python_docs")
+__all__ = [
+    "DataError",
+    "DatasetInfo",
+    "DatasetUnavailableError",
+    "Datasets",
+    "create_datasets",
+    "shift_images",
+    "validation_mask",
+]
+
 # Names TFDS datasets give their own validation split.
 VALIDATION_SPLITS = ("validation", "val")
 _AUGMENT_BATCHES = 16
-
-
-class DatasetUnavailableError(errors.RunError):
-    """A catalog dataset is not prepared and cannot be downloaded here."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +51,28 @@ class DatasetInfo:
     num_test: int
     # Where `val` comes from: the dataset's own split, or "train" (a slice).
     val_source: str
-    # "image": (image, label) examples; "text": (ids, next ids) windows,
-    # `input_shape` (context_length,), `num_classes` the vocabulary size,
-    # `num_*` counted in windows.
+    # "image": (image, label) examples; "tabular": (feature row, label);
+    # "text": (ids, next ids) windows, `input_shape` (context_length,),
+    # `num_classes` the vocabulary size, `num_*` counted in windows.
     kind: str = "image"
+    # The class names, in class-id order (labelled datasets).
+    label_names: tuple = ()
+    # "tabular": `(mean, variance)` of each feature over the training
+    # split, for the model's `keras.layers.Normalization`.
+    normalization: tuple | None = None
+    # A source of one's own: the hash of its content (`store`).
+    content_key: str = ""
+    # `text:PATH`: the characters of ids 1.. (id 0 pads).
+    vocabulary: str = ""
+
+    def record(self):
+        """What the workdir keeps of the data (`data.json`): its content
+        key, class names and vocabulary."""
+        return {
+            "content_key": self.content_key,
+            "label_names": list(self.label_names),
+            "vocabulary": self.vocabulary,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,112 +83,15 @@ class Datasets:
     info: DatasetInfo
 
 
-def _reachable(urls, timeout=5.0):
-    """Whether every host in `urls` accepts a TCP connection.
-
-    Offline, TFDS retries each download for minutes before failing; this
-    check fails in seconds instead.
-    """
-    for url in urls:
-        parsed = urllib.parse.urlparse(url)
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            socket.create_connection((parsed.hostname, port), timeout).close()
-        except OSError:
-            return False
-    return True
-
-
-def _unavailable(name, builder, why):
-    where = os.path.join(builder.data_dir_root, name)
-    return DatasetUnavailableError(
-        f"dataset '{name}' is not prepared under {where} and {why}. Prepare "
-        f"it on a machine with network access (`tfds build {name} "
-        f"--data_dir=DIR`), copy DIR here and pass --config.data_dir=DIR."
-    )
-
-
-@contextlib.contextmanager
-def _preparing(builder, name):
-    """Holds a lock while `name` is prepared: several trainers on one
-    machine (the workers of a multi-worker run) that start on a dataset not
-    yet prepared would otherwise write the same files at once, and fail.
-
-    Leaves Python's `random` state as it was: TFDS draws from it (to name
-    its temporary directory), and Keras seeds the model's initialisers
-    from it, so a run that prepared its dataset started from other weights
-    than the same command rerun on the prepared dataset (seen: the first
-    run's final weights differed from every rerun's)."""
-    root = builder.data_dir_root
-    os.makedirs(root, exist_ok=True)
-    state = random.getstate()
-    try:
-        with open(os.path.join(root, f".{name}.prepare.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-    finally:
-        random.setstate(state)
-
-
-def _prepare(name, data_dir, download):
-    """Returns the TFDS builder of `name`, prepared.
-
-    Raises:
-        DatasetUnavailableError: `name` is not prepared under `data_dir`
-            and cannot be downloaded.
-    """
-    builder = tfds.builder(name, data_dir=data_dir)
-    if name in OFFLINE or builder.is_prepared():
-        with _preparing(builder, name):
-            builder.download_and_prepare()
-        # Anew: if another trainer prepared it while this one waited, this
-        # builder's info still describes an empty dataset.
-        return tfds.builder(name, data_dir=data_dir)
-    if not download:
-        raise _unavailable(
-            name, builder, "downloading is off (config.download)"
-        )
-    if not _reachable(builder.url_infos or {}):
-        raise _unavailable(
-            name, builder, "its download servers are unreachable"
-        )
-    try:
-        with _preparing(builder, name):
-            builder.download_and_prepare()
-    except Exception as e:  # TFDS raises many unrelated types offline.
-        raise _unavailable(
-            name, builder, f"downloading it failed ({type(e).__name__})"
-        ) from e
-    return tfds.builder(name, data_dir=data_dir)
-
-
-def validation_mask(labels, fraction):
-    """True for the examples of `labels` that form the validation slice.
-
-    Stratified and deterministic: within each class, in the split's order,
-    the example of rank r is taken when floor((r + 1) * fraction) exceeds
-    floor(r * fraction), so every class gives up the same fraction of its
-    examples (to within one), spread evenly through the file.
-    """
-    labels = np.asarray(labels)
-    rank_in_class = np.zeros(len(labels), dtype=np.int64)
-    for label in np.unique(labels):
-        where = np.flatnonzero(labels == label)
-        rank_in_class[where] = np.arange(len(where))
-    return np.floor((rank_in_class + 1) * fraction) > np.floor(
-        rank_in_class * fraction
-    )
-
-
-def _labels(builder, split):
-    """The labels of `split`, in order, without decoding the images."""
-    image_key, label_key = builder.info.supervised_keys
+def _labels(builder, split, input_key):
+    """The labels of `split`, in order, without decoding the inputs."""
+    decoders = None
+    if isinstance(builder.info.features[input_key], tfds.features.Image):
+        decoders = {input_key: tfds.decode.SkipDecoding()}
     dataset = builder.as_dataset(
-        split=split,
-        shuffle_files=False,
-        decoders={image_key: tfds.decode.SkipDecoding()},
+        split=split, shuffle_files=False, decoders=decoders
     )
-    labels = dataset.map(lambda example: example[label_key]).batch(4096)
+    labels = dataset.map(lambda example: example["label"]).batch(4096)
     return np.concatenate([b for b in tfds.as_numpy(labels)] or [[]])
 
 
@@ -239,41 +155,6 @@ def _random_shift(max_shift, seed):
     return shift
 
 
-def _num_examples(builder, split, dataset):
-    splits = builder.info.splits
-    if split in splits and splits[split].num_examples:
-        return splits[split].num_examples
-    # tfds.testing.mock_data may leave `info.splits` empty.
-    return int(dataset.reduce(0, lambda n, _: n + 1))
-
-
-def _split(builder, val_fraction, load):
-    """`(train, val, num_train, num_val, val_source)`, unbatched."""
-    own = [s for s in VALIDATION_SPLITS if s in builder.info.splits]
-    if own:
-        train, val = load("train"), load(own[0])
-        return (
-            train,
-            val,
-            _num_examples(builder, "train", train),
-            _num_examples(builder, own[0], val),
-            own[0],
-        )
-    mask = validation_mask(_labels(builder, "train"), val_fraction)
-    is_val = tf.constant(mask)
-
-    def keep(want_val):
-        return (
-            load("train")
-            .enumerate()
-            .filter(lambda i, _: tf.equal(tf.gather(is_val, i), want_val))
-            .map(lambda _, example: example)
-        )
-
-    num_val = int(mask.sum())
-    return keep(False), keep(True), len(mask) - num_val, num_val, "train"
-
-
 def _evaluation(dataset, batch_size):
     options = tf.data.Options()
     # Several workers split an evaluation set by example: it may be a
@@ -289,6 +170,189 @@ def _evaluation(dataset, batch_size):
     )
 
 
+def _num_examples(builder, split, dataset):
+    splits_ = builder.info.splits
+    if split in splits_ and splits_[split].num_examples:
+        return splits_[split].num_examples
+    # tfds.testing.mock_data may leave `info.splits` empty.
+    return int(dataset.reduce(0, lambda n, _: n + 1))
+
+
+def _kept(dataset, mask, keep):
+    """The examples of `dataset` where `mask` is `keep`."""
+    mask = tf.constant(mask)
+    return (
+        dataset.enumerate()
+        .filter(lambda i, _: tf.equal(tf.gather(mask, i), keep))
+        .map(lambda _, example: example)
+    )
+
+
+def _own_split_masks(labels, own_splits, val_fraction, seed, names_, source):
+    """`holdout_masks` for the splits `own_splits` lacks, or {}."""
+    fractions = {}
+    if not any(s in own_splits for s in VALIDATION_SPLITS):
+        fractions["validation"] = val_fraction
+    if "test" not in own_splits:
+        # As much again: the rule of thumb of equal validation and test.
+        fractions["test"] = val_fraction
+    if not fractions:
+        return {}
+    return splits.holdout_masks(labels, fractions, seed, names_, source)
+
+
+def _split(builder, load, input_key, val_fraction, seed, own):
+    """`(train, val, test, num_train, num_val, num_test, val_source)`,
+    unbatched: the dataset's own splits, and what its training split
+    gives up for those it lacks (`own`: a source of the user's own, else
+    a catalog dataset, which always has a test split)."""
+    available = list(builder.info.splits)
+    train = load("train")
+    num_train = _num_examples(builder, "train", train)
+    val_name = next((s for s in VALIDATION_SPLITS if s in available), None)
+    if own:
+        masks = _own_split_masks(
+            _labels(builder, "train", input_key),
+            available,
+            val_fraction,
+            seed,
+            builder.info.features["label"].names,
+            own,
+        )
+    elif val_name is None:
+        masks = {
+            "validation": validation_mask(
+                _labels(builder, "train", input_key), val_fraction
+            )
+        }
+    else:
+        masks = {}
+    parts, counts = {}, {}
+    for split in ("validation", "test"):
+        if split in masks:
+            parts[split] = _kept(train, masks[split], True)
+            counts[split] = int(masks[split].sum())
+        else:
+            name = val_name if split == "validation" else split
+            parts[split] = load(name)
+            counts[split] = _num_examples(builder, name, parts[split])
+    if masks:
+        held = np.logical_or.reduce(list(masks.values()))
+        train = _kept(train, held, False)
+        num_train -= int(held.sum())
+    return (
+        train,
+        parts["validation"],
+        parts["test"],
+        num_train,
+        counts["validation"],
+        counts["test"],
+        "train" if "validation" in masks else val_name,
+    )
+
+
+def _own_labeled(
+    own, dataset, data_dir, label_column, image_size, val_fraction, seed
+):
+    """The cached TFDS builder of a CSV or image folder, converted first if
+    it is not cached yet; every check of the data is made before anything
+    is written."""
+    if own.kind == "csv":
+        key = tabular.content_key(own.path, label_column)
+    else:
+        found = image_folder.layout(own.path, dataset)
+        key = image_folder.content_key(found, own.path, image_size)
+    builder = store.cached(own.kind, key, data_dir)
+    if builder is not None:
+        return builder, key
+    if own.kind == "csv":
+        features, labels, label_names, _ = tabular.read(
+            own.path, label_column, dataset
+        )
+        arrays = {"train": (features, labels)}
+        spec = tabular.features_spec(features.shape[1], label_names)
+        convert = tabular.examples
+    else:
+        arrays, shape, label_names = image_folder.read(
+            found, image_size, dataset
+        )
+        spec = image_folder.features_spec(shape, label_names)
+        convert = image_folder.examples
+    _own_split_masks(
+        arrays["train"][1],
+        list(arrays),
+        val_fraction,
+        seed,
+        label_names,
+        dataset,
+    )
+    return (
+        store.save(
+            own.kind,
+            key,
+            data_dir,
+            spec,
+            {split: convert(*pair) for split, pair in arrays.items()},
+            f"{dataset}, converted by template_trainer.data.",
+        ),
+        key,
+    )
+
+
+def _labeled(
+    dataset, data_dir, download, val_fraction, seed, label_column, image_size
+):
+    """`(train, val, test, DatasetInfo)` of a labelled dataset, unbatched:
+    (inputs, label) pairs, images scaled to [0, 1]."""
+    own = names.source(dataset)
+    key = ""
+    if own is None:
+        builder = catalog.prepare(dataset, data_dir, download)
+        input_key = "image"
+        scale = names.PIXEL_MAX[dataset]
+    else:
+        builder, key = _own_labeled(
+            own, dataset, data_dir, label_column, image_size, val_fraction, seed
+        )
+        input_key = "features" if own.kind == "csv" else "image"
+        scale = None if own.kind == "csv" else names.IMAGE_FOLDER_PIXEL_MAX
+
+    def load(split):
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+
+        def pair(example):
+            inputs = tf.cast(example[input_key], tf.float32)
+            if scale is not None:
+                inputs = inputs / scale
+            return inputs, example["label"]
+
+        return ds.map(pair, num_parallel_calls=tf.data.AUTOTUNE)
+
+    train, val, test, num_train, num_val, num_test, val_source = _split(
+        builder, load, input_key, val_fraction, seed, own and dataset
+    )
+    normalization = None
+    if own is not None and own.kind == "csv":
+        rows = np.stack([x for x, _ in tfds.as_numpy(train)])
+        normalization = (
+            tuple(rows.mean(axis=0).tolist()),
+            tuple(rows.var(axis=0).tolist()),
+        )
+    info = DatasetInfo(
+        input_shape=tuple(builder.info.features[input_key].shape),
+        num_classes=builder.info.features["label"].num_classes,
+        num_train=num_train,
+        num_val=num_val,
+        num_test=num_test,
+        val_source=val_source,
+        kind="tabular" if normalization else "image",
+        label_names=tuple(builder.info.features["label"].names),
+        normalization=normalization,
+        content_key=key,
+    )
+    return train, val, test, info
+
+
 def create_datasets(
     dataset,
     data_dir,
@@ -301,8 +365,14 @@ def create_datasets(
     max_shift=0,
     overfit_batches=0,
     context_length=128,
+    label_column="label",
+    image_size=0,
 ):
     """Returns the `Datasets` of a run: train, val and test.
+
+    `dataset` is a catalog name (`names.DATASETS`) or a source of one's
+    own (`csv:PATH`, `imagefolder:DIR`, `text:PATH`), converted once and
+    cached under `data_dir` (`store`).
 
     `train` repeats forever, reshuffled every pass with a fixed seed, each
     image shifted by up to `max_shift` pixels (0: no augmentation), in
@@ -310,50 +380,45 @@ def create_datasets(
     distribution). Its iterator can be checkpointed. `val` is the dataset's
     own validation split or, without one, the `val_fraction` of the
     training split that `validation_mask` picks (and `train` then leaves
-    out); `val` and `test` are one pass each, in `eval_batch_size` batches.
+    out); a source of one's own gives up `splits.holdout_masks`' instead,
+    for test too if it has no test split. `val` and `test` are one pass
+    each, in `eval_batch_size` batches.
 
     With `overfit_batches=N > 0`, `train` cycles over the same first N
     batches (no shuffling, no augmentation) and `val` is those N batches:
     a model that cannot drive that loss to ~0 has a bug.
 
-    A text dataset (`TEXT_DATASETS`) gives `(ids, targets)` pairs of
+    A text dataset (`names.is_text`) gives `(ids, targets)` pairs of
     `context_length` character ids, `targets` the next character of each;
-    see `_text_datasets`. `val_fraction`, `shuffle_buffer` and `max_shift`
-    do not apply to it.
+    see `_text_datasets`. `shuffle_buffer` and `max_shift` do not apply to
+    it, nor `val_fraction` to `python_docs`, which has its own splits.
+
+    `label_column` names a CSV's label column; `image_size` > 0 resizes
+    an image folder's images to that many pixels square.
+
+    Raises:
+        DataError: a source of one's own cannot be read or split.
+        DatasetUnavailableError: a catalog dataset cannot be had here.
     """
-    builder = _prepare(dataset, data_dir, download)
-    if dataset in TEXT_DATASETS:
+    if names.is_text(dataset):
         return _text_datasets(
-            builder,
-            TEXT_DATASETS[dataset],
+            dataset,
+            data_dir,
+            val_fraction,
             context_length,
             batch_size,
             eval_batch_size,
             seed,
             overfit_batches,
         )
-    pixel_max = PIXEL_MAX[dataset]
-
-    def preprocess(image, label):
-        return tf.cast(image, tf.float32) / pixel_max, label
-
-    def load(split):
-        ds = builder.as_dataset(
-            split=split, as_supervised=True, shuffle_files=False
-        )
-        return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-
-    train, val, num_train, num_val, val_source = _split(
-        builder, val_fraction, load
-    )
-    test = load("test")
-    info = DatasetInfo(
-        input_shape=tuple(builder.info.features["image"].shape),
-        num_classes=builder.info.features["label"].num_classes,
-        num_train=num_train,
-        num_val=num_val,
-        num_test=_num_examples(builder, "test", test),
-        val_source=val_source,
+    train, val, test, info = _labeled(
+        dataset,
+        data_dir,
+        download,
+        val_fraction,
+        seed,
+        label_column,
+        image_size,
     )
     test = _evaluation(test, eval_batch_size)
     if overfit_batches:
@@ -393,53 +458,43 @@ def create_datasets(
     return Datasets(train, _evaluation(val, eval_batch_size), test, info)
 
 
-def _text_stream(builder, vocabulary, split):
-    """The character ids of `split`, its blocks joined in corpus order."""
-    examples = tfds.as_numpy(
-        builder.as_dataset(split=split, shuffle_files=False)
-    )
-    blocks = sorted((int(e["index"]), e["text"]) for e in examples)
-    return vocabulary.encode(b"".join(text for _, text in blocks).decode())
-
-
-def _windows(stream, context_length):
-    """`(ids, targets)`: the non-overlapping windows of `stream`, each
-    character but the first predicted once."""
-    count = (len(stream) - 1) // context_length
-    end = count * context_length
-    ids = stream[:end].reshape(count, context_length)
-    targets = stream[1 : end + 1].reshape(count, context_length)
-    return ids, targets
-
-
-def _random_windows(stream, context_length, batch_size, seed):
-    """Maps a batch number to a batch of windows at random places.
-
-    Stateless ops seeded by `(seed, batch number)`, as `_random_shift`:
-    the checkpointed position of the counter alone decides the batch, so
-    a resumed run sees the same text. The iterator's state is that
-    counter, not a shuffle buffer of windows.
-    """
-    stream = tf.constant(stream)
-    offsets = tf.range(context_length + 1, dtype=tf.int64)
-    last_start = len(stream) - context_length  # exclusive
-
-    def batch(index):
-        starts = tf.random.stateless_uniform(
-            [batch_size],
-            seed=tf.stack([seed, index]),
-            maxval=last_start,
-            dtype=tf.int64,
+def _text_streams(dataset, data_dir, val_fraction, context_length, seed):
+    """`({split: ids}, vocabulary size, content key, vocabulary)`."""
+    own = names.source(dataset)
+    if own is None:
+        builder = catalog.prepare(dataset, data_dir, download=False)
+        streams = {
+            split: python_docs_dataset.encode(text.stored_text(builder, split))
+            for split in ("train", "validation", "test")
+        }
+        return streams, python_docs_dataset.VOCABULARY_SIZE, "", ""
+    key = text.content_key(own.path)
+    builder = store.cached("text", key, data_dir)
+    if builder is None:
+        content = text.read(own.path, dataset)
+        # Checked before anything is written.
+        text.split_text(content, context_length, val_fraction, seed, dataset)
+        builder = store.save(
+            "text",
+            key,
+            data_dir,
+            text.features_spec(),
+            {"train": text.examples(content)},
+            f"{dataset}, converted by template_trainer.data.",
         )
-        windows = tf.gather(stream, starts[:, None] + offsets)
-        return windows[:, :-1], windows[:, 1:]
-
-    return batch
+    content = text.stored_text(builder)
+    parts = text.split_text(
+        content, context_length, val_fraction, seed, dataset
+    )
+    vocabulary = Vocabulary.of_text(content)
+    streams = {split: vocabulary.encode(part) for split, part in parts.items()}
+    return streams, vocabulary.VOCABULARY_SIZE, key, vocabulary.VOCABULARY
 
 
 def _text_datasets(
-    builder,
-    vocabulary,
+    dataset,
+    data_dir,
+    val_fraction,
     context_length,
     batch_size,
     eval_batch_size,
@@ -454,27 +509,28 @@ def _text_datasets(
     for the training split: each split's text cut into consecutive,
     non-overlapping windows, each character predicted once.
     """
-    streams = {
-        split: _text_stream(builder, vocabulary, split)
-        for split in ("train", "validation", "test")
-    }
+    streams, vocabulary_size, key, characters = _text_streams(
+        dataset, data_dir, val_fraction, context_length, seed
+    )
     evaluation = {
         split: tf.data.Dataset.from_tensor_slices(
-            _windows(stream, context_length)
+            text.windows(stream, context_length)
         )
         for split, stream in streams.items()
     }
     info = DatasetInfo(
         input_shape=(context_length,),
-        num_classes=vocabulary.VOCABULARY_SIZE,
+        num_classes=vocabulary_size,
         num_train=(len(streams["train"]) - 1) // context_length,
         num_val=(len(streams["validation"]) - 1) // context_length,
         num_test=(len(streams["test"]) - 1) // context_length,
         val_source="validation",
         kind="text",
+        content_key=key,
+        vocabulary=characters,
     )
     train = tf.data.Dataset.counter().map(
-        _random_windows(
+        text.random_windows(
             streams["train"],
             context_length,
             batch_size,
