@@ -17,6 +17,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Hide TensorFlow's C++ notes and warnings; its start-up lines, which
 # this does not reach, are filtered by `template_trainer.startup`.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN's kernels unless the user chose (why: mylayers/_onednn.py).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

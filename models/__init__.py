@@ -1,5 +1,7 @@
 """Models: `CustomModel` and architectures built from `mylayers`."""
 
+# First, before anything here loads TensorFlow.
+from mylayers import _onednn  # noqa: F401, I001
 from models import sampling
 from models.cnn import CNNClassifier
 from models.custom_model import CustomModel

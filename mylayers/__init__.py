@@ -1,5 +1,7 @@
 """Custom Keras layers: forward-only ones, and ones with custom gradients."""
 
+# First, before anything here loads TensorFlow.
+from mylayers import _onednn  # noqa: F401, I001
 from mylayers.causal_self_attention import CausalSelfAttention
 from mylayers.clip_gradient import ClipGradient
 from mylayers.conv2d import Conv2D

@@ -16,6 +16,10 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Quiet TensorFlow's C++ start-up notes in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN's kernels, as the commands and `import mylayers` give users, in
+# every test file whatever it imports first; TF_ENABLE_ONEDNN_OPTS=0 set
+# by the user still wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def _one_thread_per_test_process():
