@@ -173,10 +173,11 @@ def _flag_error(error):
 
 
 def _check_config(config, path):
-    """Refuses a bad config in one line, before TensorFlow is imported, and
-    makes the config file's directory importable (for a `config.model.name`
-    of one's own, `my_models:MyModel`, beside it)."""
-    from template_trainer import config_checks
+    """Refuses a bad config (or Slurm environment) in one line, before
+    TensorFlow is imported, and makes the config file's directory
+    importable (for a `config.model.name` of one's own, `my_models:MyModel`,
+    beside it)."""
+    from template_trainer import cluster, config_checks
 
     try:
         config.keys()  # A config file that failed to load raises here.
@@ -185,6 +186,11 @@ def _check_config(config, path):
     try:
         config_checks.validate(config)
     except config_checks.ConfigError as e:
+        _fail(str(e))
+    try:
+        # A half-set Slurm environment, before TensorFlow and its cluster.
+        cluster.slurm_cluster(config.distribution)
+    except cluster.ClusterError as e:
         _fail(str(e))
     if path:
         directory = os.path.dirname(os.path.abspath(path))

@@ -111,6 +111,9 @@ def get_config():
     config.overfit_batches = 0
 
     # distribution
+    # auto: several workers if TF_CONFIG names them or a Slurm step (srun)
+    # has several tasks, else all GPUs, else one device. multi_worker takes
+    # its cluster from TF_CONFIG, else from Slurm's variables.
     config.distribution = (
         "auto"  # auto | one_device | mirrored | multi_worker | tpu
     )

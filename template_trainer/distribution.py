@@ -12,7 +12,7 @@ import signal
 
 import tensorflow as tf
 
-from template_trainer import errors
+from template_trainer import cluster, errors
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -52,16 +52,21 @@ def create_strategy(name, collective_timeout_s):
 
     Args:
         name: `auto` picks `multi_worker` when TF_CONFIG names several
-            workers, else `mirrored` over several GPUs, else one device.
+            workers or a Slurm step has several tasks, else `mirrored`
+            over several GPUs, else one device. `multi_worker` takes its
+            cluster from TF_CONFIG, else from Slurm's variables
+            (`cluster.slurm_cluster`).
         collective_timeout_s: If > 0, how long each multi-worker collective
             may wait before failing. 0 leaves lost peers to TensorFlow's
             health checks, which catch dead and frozen workers alike.
     """
+    # Before any TensorFlow set-up: a wrong Slurm environment is one line.
+    slurm = cluster.slurm_cluster(name, os.environ)
     # Physical, not logical, devices: listing logical ones starts the
     # runtime, after which multi-worker collectives can't be configured.
     gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
-        if _workers_in_tf_config() > 1:
+        if _workers_in_tf_config() > 1 or slurm:
             name = "multi_worker"
         elif len(gpus) > 1:
             name = "mirrored"
@@ -79,16 +84,18 @@ def create_strategy(name, collective_timeout_s):
         ]
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
+        if "TF_CONFIG" not in os.environ and not slurm:
             raise DistributionError(
                 "config.distribution='multi_worker' needs the TF_CONFIG "
-                "environment variable (see README, 'Several machines')."
+                "environment variable or a Slurm job step (srun) (see "
+                "README, 'Several devices and machines', 'On a cluster')."
             )
         options = tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=collective_timeout_s or None
         )
         return tf.distribute.MultiWorkerMirroredStrategy(
-            communication_options=options
+            cluster_resolver=_slurm_resolver(slurm, len(gpus)),
+            communication_options=options,
         )
     if name == "tpu":
         try:
@@ -103,6 +110,24 @@ def create_strategy(name, collective_timeout_s):
     raise DistributionError(
         f"config.distribution={name!r} is unknown; expected one of "
         f"{', '.join(STRATEGIES)}."
+    )
+
+
+def _slurm_resolver(slurm, num_gpus):
+    """The resolver of a Slurm cluster, or None (TensorFlow reads TF_CONFIG).
+
+    `num_gpus` are the GPUs this task sees, those Slurm left visible (none
+    on a CPU node): `SlurmClusterResolver` would count them itself, and
+    wrongly on a CPU node (see `cluster`).
+    """
+    if not slurm:
+        return None
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({"worker": list(slurm.workers)}),
+        task_type="worker",
+        task_id=slurm.index,
+        num_accelerators={"GPU": num_gpus},
+        rpc_layer="grpc",
     )
 
 
@@ -143,8 +168,10 @@ def split_batch(strategy, batch):
     return strategy.experimental_distribute_values_from_function(replica_slice)
 
 
-# The signals the trainer stops on, in the order `agreed_signal` prefers.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The signals the trainer stops on, in the order `agreed_signal` prefers:
+# a machine going away (SIGTERM), the user (SIGINT), Slurm's warning
+# before the time limit (SIGUSR1, after which the chief requeues the job).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 def agreed_signal(strategy):
@@ -154,7 +181,7 @@ def agreed_signal(strategy):
     `agree` returns the signal that stops the run, or 0. A signal reaches
     one worker, but every save runs collectives on all of them, so they
     must all stop, and save, at the same step: each call all-reduces one
-    flag per signal in `STOP_SIGNALS` (SIGTERM wins), and every worker must
+    flag per signal in `STOP_SIGNALS` (the first wins), and every worker must
     make the call at the same point of the loop.
 
     Written by hand because `tf.distribute.experimental.

@@ -11,12 +11,14 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 
 import tensorflow as tf
 
 from template_trainer import (
+    cluster,
     config_checks,
     distribution,
     errors,
@@ -36,7 +38,8 @@ class TrainingDivergedError(errors.RunError):
 
 
 class Preempted(errors.RunError):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint.
+    """Training stopped on a signal of `distribution.STOP_SIGNALS` (SIGTERM,
+    SIGINT, Slurm's SIGUSR1) after saving a checkpoint.
 
     `here` is false on the workers of a multi-worker run that stopped
     because another worker received the signal. The exit code is the
@@ -212,6 +215,8 @@ def _train(run, patience=0):
                 signum = agree(signals)
                 if signum:
                     checkpoint = run.checkpoints.save()
+                    if signum == signal.SIGUSR1 and checkpoint:
+                        _requeue(run)
                     raise Preempted(
                         signum, int(run.step), checkpoint, here=bool(signals)
                     )
@@ -362,9 +367,22 @@ def _test_best(run, results):
     }
 
 
+def _requeue(run):
+    """Slurm's SIGUSR1 warns of the time limit: once saved, the chief
+    requeues the job (outside Slurm, nothing to do) and says so at once.
+    Called while `_catch_preemption` still holds: the SIGTERM that Slurm
+    sends the requeued job's tasks is caught, and the line is out before
+    the process ends."""
+    if run.is_chief:
+        said = cluster.requeue_slurm_job(int(run.step))
+        if said:
+            print(said, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def _catch_preemption():
-    """Records SIGTERM/SIGINT instead of dying, so the loop can save first."""
+    """Records the stop signals (`distribution.STOP_SIGNALS`) instead of
+    dying, so the loop can save first."""
     received = []
     if threading.current_thread() is not threading.main_thread():
         yield received  # Signal handlers can only be set from the main thread.
