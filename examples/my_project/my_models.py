@@ -2,10 +2,10 @@
 builds."""
 
 import keras
+from my_layers import RadialBasis, Swish
 
 import models
 import mylayers
-from my_layers import RadialBasis, Swish
 
 
 @keras.saving.register_keras_serializable(package="my_project")
