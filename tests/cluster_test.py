@@ -386,3 +386,42 @@ def test_train_py_refuses_a_half_set_slurm_environment(tmp_path):
     [line] = result.stderr.splitlines()
     assert line.startswith("error: SLURM_PROCID is not set, but ")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_kubernetes_example_builds_the_cluster_its_manifest_describes():
+    """The example's pods run the builder with the Job's name, the
+    Service's, the completions and the port the Service exposes; its shell
+    line, run here for pod 1, gives the trainer that pod's TF_CONFIG."""
+    yaml = pytest.importorskip("yaml")
+    path = os.path.join(REPO, "examples", "kubernetes", "train.yaml")
+    with open(path) as f:
+        service, job = yaml.safe_load_all(f)
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    [line] = container["args"]
+    name, workers = job["metadata"]["name"], job["spec"]["completions"]
+    port = service["spec"]["ports"][0]["port"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["parallelism"] == workers
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"job-name": name}
+    assert pod["subdomain"] == service["metadata"]["name"]
+    assert container["ports"] == [{"containerPort": port}]
+    # The shell line, with the trainer replaced by a print of TF_CONFIG.
+    script = line.replace("exec python train.py", 'echo "$TF_CONFIG" #')
+    script = script.replace("python -m", f"{sys.executable} -m")
+    assert script.count(sys.executable) == 1
+    printed = subprocess.run(
+        ["/bin/sh", "-c", script],
+        cwd=REPO,
+        env={**os.environ, "JOB_COMPLETION_INDEX": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    hosts = [f"{name}-{i}.{pod['subdomain']}:{port}" for i in range(workers)]
+    assert json.loads(printed) == {
+        "cluster": {"worker": hosts},
+        "task": {"type": "worker", "index": 1},
+    }

@@ -14,7 +14,7 @@ import pytest
 from run_helpers import latest_checkpoint_step, run, train_command
 
 import models  # noqa: F401  (registers the classes load_model needs)
-from template_trainer import distribution
+from template_trainer import cluster, distribution
 
 
 def _weights(path):
@@ -191,3 +191,114 @@ def test_interrupted_two_worker_run_resumes_each_time(tmp_path):
     # The survivor's run left a newer checkpoint, which the next rerun
     # resumes from (resuming, and finishing, are shown above).
     assert latest_checkpoint_step(tmp_path) > step
+
+
+def _slurm_job_with_free_ports(num_tasks):
+    """A fake SLURM_JOB_ID whose ports (`cluster.PORT_BASE` + id % 10_000
+    + the task's place) are free on this machine now."""
+    sockets = []
+    for job in range(os.getpid() % 10_000, 10_000 + os.getpid() % 10_000):
+        base = cluster.PORT_BASE + job % 10_000
+        try:
+            for port in range(base, base + num_tasks):
+                sockets.append(socket.socket())
+                sockets[-1].bind(("127.0.0.1", port))
+            return str(1_000_000 + job)
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+            sockets.clear()
+    pytest.fail("no free ports for a fake Slurm job")
+
+
+def _start_slurm_tasks(workdir, bin_dir, job, *overrides):
+    """Two tasks of one `srun` step on localhost, as Slurm's variables
+    describe them: no TF_CONFIG."""
+    tasks = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+        env.update(
+            SLURM_JOB_ID=job,
+            SLURM_PROCID=str(rank),
+            SLURM_NODEID="0",
+            SLURM_LOCALID=str(rank),
+            SLURM_STEP_NUM_TASKS="2",
+            SLURM_STEP_NODELIST="localhost",
+            SLURM_STEP_TASKS_PER_NODE="2",
+            PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        )
+        tasks.append(
+            subprocess.Popen(
+                train_command(
+                    workdir, "--config.distribution=multi_worker", *overrides
+                ),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return tasks
+
+
+@pytest.mark.slow
+def test_slurm_tasks_requeued_by_sigusr1_resume_equal_to_one_device(
+    tmp_path, single_device
+):
+    """Two tasks of a faked Slurm step form one cluster from Slurm's
+    variables alone. Slurm's time-limit warning (SIGUSR1) reaches one:
+    both stop at one saved step, the chief requeues the job once, and
+    the requeued tasks (the same variables) resume and end as one device
+    does. Only real processes talking over loopback show it."""
+    calls = tmp_path / "scontrol-calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    workdir = tmp_path / "run"
+    job = _slurm_job_with_free_ports(2)
+    # A checkpoint at step 10 says the tasks train; the signal then comes
+    # at the next loop call's end, well before the 41st, last step.
+    flags = [*SHORT, "--config.checkpoint_every_steps=10"]
+    chief, other = _start_slurm_tasks(workdir, bin_dir, job, *flags)
+    deadline = time.time() + 180  # against a hang, not a speed check
+    while (latest_checkpoint_step(workdir) or 0) < 10:
+        if time.time() > deadline:
+            pytest.fail("the tasks wrote no checkpoint: they hang")
+        for task in (chief, other):
+            assert task.poll() is None, task.stderr.read()[-3000:]
+        time.sleep(0.05)
+    other.send_signal(signal.SIGUSR1)
+    stderrs = {}
+    for name, task in (("chief", chief), ("other", other)):
+        _, stderrs[name] = task.communicate(timeout=120)
+        assert task.returncode == 128 + signal.SIGUSR1, stderrs[name][-3000:]
+        assert "Traceback" not in stderrs[name]
+    stopped = re.search(
+        r"stopped by SIGUSR1 on another worker at step (\d+); checkpoint "
+        r"saved to \S+ckpt-\1\.",
+        stderrs["chief"],
+    )
+    assert stopped, stderrs["chief"][-3000:]
+    step = int(stopped.group(1))
+    assert 10 <= step < 41
+    assert f"stopped by SIGUSR1 at step {step};" in stderrs["other"]
+    assert latest_checkpoint_step(workdir) == step
+    assert calls.read_text().splitlines() == [f"requeue {job}"]
+    assert (
+        f"Requeued Slurm job {job} (scontrol requeue {job}): it resumes "
+        f"from step {step} when it starts again."
+    ) in stderrs["chief"]
+    assert "Requeued" not in stderrs["other"]
+
+    # The requeued job: the same command, the same variables.
+    outputs = _finish(_start_slurm_tasks(workdir, bin_dir, job, *flags))
+    assert all(f"at step {step}." in stdout for stdout in outputs)
+    assert all("Done: step=41," in stdout for stdout in outputs)
+    assert calls.read_text().splitlines() == [f"requeue {job}"]
+    _assert_close(
+        workdir / "model.keras", workdir / "worker-1" / "model.keras", atol=0
+    )
+    _assert_close(workdir / "model.keras", single_device, atol=1e-5)
