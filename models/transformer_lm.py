@@ -1,6 +1,7 @@
 """A character-level Transformer language model built from `mylayers`."""
 
 import keras
+import tensorflow as tf
 
 import mylayers
 from models.custom_model import CustomModel
@@ -30,6 +31,9 @@ class TransformerLM(CustomModel):
         gradient_checkpointing: Wrap each block in
             `mylayers.GradientCheckpoint`: less memory, one more forward
             pass per step.
+        attention: "plain" (`mylayers.CausalSelfAttention`) or "tiled"
+            (`mylayers.TiledCausalSelfAttention`: the same function with
+            memory linear in the context; needs `dropout=0`).
         **kwargs: `keras.Model` arguments (`name`, ...).
     """
 
@@ -44,6 +48,7 @@ class TransformerLM(CustomModel):
         positions="rotary",
         dropout=0.0,
         gradient_checkpointing=False,
+        attention="plain",
         **kwargs,
     ):
         checks.positive_int(self, "num_layers", num_layers)
@@ -70,6 +75,7 @@ class TransformerLM(CustomModel):
                 hidden_units,
                 rotary=positions == "rotary",
                 dropout=dropout,
+                attention=attention,
                 name=f"block_{i}",
             )
             if gradient_checkpointing:
@@ -90,10 +96,53 @@ class TransformerLM(CustomModel):
         self.positions = positions
         self.dropout = dropout
         self.gradient_checkpointing = gradient_checkpointing
+        self.attention = attention
 
     @property
     def context_length(self):
         return self.input_shape_[0]
+
+    @property
+    def supports_cached_generation(self):
+        """Whether `call_cached` can run: not under mixed precision, whose
+        casts only Keras's `__call__` makes."""
+        policy = self.get_layer("block_0").dtype_policy
+        return policy.compute_dtype == policy.variable_dtype
+
+    def call_cached(self, ids, cache, index):
+        """The logits at the text's positions `index, index + 1, ...`
+        (`ids`, `(batch, n)`), each block attending over the keys and
+        values of the earlier positions kept in `cache`: generation's
+        step, without recomputing the past (`models.sampling.generate`).
+        Inference only; ids are text (no padding).
+
+        Args:
+            ids: `(batch, n)` int32 token ids.
+            cache: A tuple of one `(2, batch, heads, length, depth)` tensor
+                per block; None: new ones of `n` positions (`index` 0).
+            index: Scalar int, the position of `ids[:, 0]`.
+
+        Returns:
+            `(logits, cache)`: `(batch, n, vocabulary)` float32 logits, and
+            the caches with the new positions' keys and values.
+        """
+        embedding = self.get_layer("embedding")
+        x = tf.gather(embedding.embeddings, ids)
+        if self.positions == "learned":
+            n = tf.shape(ids)[1]
+            x = x + embedding.position_embeddings[index : index + n]
+        if cache is None:
+            cache = (None,) * self.num_layers
+        new_cache = []
+        for i, layer_cache in enumerate(cache):
+            block = self.get_layer(
+                f"ckpt_{i}" if self.gradient_checkpointing else f"block_{i}"
+            )
+            block = getattr(block, "layer", block)  # GradientCheckpoint's
+            x, layer_cache = block.call_cached(x, layer_cache, index)
+            new_cache.append(layer_cache)
+        x = self.get_layer("final_norm")(x)
+        return self.get_layer("logits")(x), tuple(new_cache)
 
     def get_config(self):
         return {
@@ -108,6 +157,7 @@ class TransformerLM(CustomModel):
             "positions": self.positions,
             "dropout": self.dropout,
             "gradient_checkpointing": self.gradient_checkpointing,
+            "attention": self.attention,
         }
 
     @classmethod

@@ -16,6 +16,7 @@ from mylayers.numpy_linear import NumpyLinear
 from mylayers.rms_norm import RMSNorm
 from mylayers.stable_softplus import StableSoftplus
 from mylayers.straight_through_quantize import StraightThroughQuantize
+from mylayers.tiled_causal_self_attention import TiledCausalSelfAttention
 from mylayers.token_embedding import TokenEmbedding
 from mylayers.transformer_block import TransformerBlock
 
@@ -33,6 +34,7 @@ __all__ = [
     "RMSNorm",
     "StableSoftplus",
     "StraightThroughQuantize",
+    "TiledCausalSelfAttention",
     "TokenEmbedding",
     "TransformerBlock",
     "gradcheck",

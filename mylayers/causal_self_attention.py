@@ -107,8 +107,58 @@ class CausalSelfAttention(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: features})
 
     def call(self, inputs, mask=None, training=None):
+        query, key, value = self._heads(inputs)
+        attended = self._attend(query, key, value, mask, training)
+        return self._merge(attended, inputs)
+
+    def call_cached(self, inputs, cache, index):
+        """Attention of `inputs`, the text's positions `index, index + 1,
+        ...`, over them and the keys and values of the positions before,
+        kept in `cache`: one step of generation, with no recomputation of
+        the past. Inference only (no dropout, no padding mask).
+
+        Args:
+            inputs: `(batch, n, features)`.
+            cache: `(2, batch, heads, length, depth)`, the keys and values
+                of every position the cache can hold (rotated, if rotary);
+                those at `index` and after are overwritten. None: a new
+                cache of `n` positions (`index` must be 0).
+            index: Scalar int, the position of `inputs[:, 0]`.
+
+        Returns:
+            `(outputs, cache)`: outputs as `call`'s, and the cache with
+            `inputs`' keys and values written at their positions.
+        """
+        query, key, value = self._heads(inputs, offset=index)
+        if cache is None:
+            keys, values = key, value
+        else:
+            # The new positions, padded to the cache's length, replace
+            # the old ones there: one fixed-shape op, so a compiled
+            # generation loop never changes shape.
+            length = tf.shape(cache)[3]
+            pad = [[0, 0], [0, 0], [index, length - index - tf.shape(key)[2]]]
+            pad.append([0, 0])
+            positions = tf.range(length)
+            written = (positions >= index) & (
+                positions < index + tf.shape(key)[2]
+            )
+            written = written[None, None, :, None]
+            keys = tf.where(written, tf.pad(key, pad), cache[0])
+            values = tf.where(written, tf.pad(value, pad), cache[1])
+        # Query `index + i` sees keys at `index + i` and before; later
+        # places hold nothing yet, or an older window's keys.
+        queries = index + tf.range(tf.shape(query)[2])
+        allowed = tf.range(tf.shape(keys)[2])[None, :] <= queries[:, None]
+        attended = self._weighted_sum(
+            query, keys, values, allowed[None, None], training=False
+        )
+        return self._merge(attended, inputs), tf.stack([keys, values])
+
+    def _heads(self, inputs, offset=0):
+        """Queries, keys and values, `(batch, heads, length, depth)` each,
+        rotated as the positions `offset, offset + 1, ...` if rotary."""
         batch, length = tf.shape(inputs)[0], tf.shape(inputs)[1]
-        features = self.num_heads * self.depth
         # The projections are 2-D MatMuls over all positions at once, and
         # the heads go first, so that both attention products are plain
         # batched MatMuls: on CPU that is faster than einsum or a broadcast
@@ -118,23 +168,36 @@ class CausalSelfAttention(keras.layers.Layer):
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # (3, batch, h, length, d)
         query, key, value = tf.unstack(qkv)
         if self.rotary:
-            query = rotary.rotate(query, sequence_axis=2)
-            key = rotary.rotate(key, sequence_axis=2)
+            query = rotary.rotate(query, offset, sequence_axis=2)
+            key = rotary.rotate(key, offset, sequence_axis=2)
+        return query, key, value
+
+    def _attend(self, query, key, value, mask, training):
+        """The heads' attended values, `(batch, heads, length, depth)`."""
+        allowed = self._allowed(tf.shape(query)[2], mask)
+        return self._weighted_sum(query, key, value, allowed, training)
+
+    def _weighted_sum(self, query, key, value, allowed, training):
+        """`softmax(q k^T / sqrt(d) + M) v`, `M` large and negative where
+        `allowed` (broadcast to `(batch, heads, query, key)`) is False."""
         scores = tf.matmul(query, key, transpose_b=True)  # (b, h, q, k)
         # At least float32, as half precision lacks the softmax's range;
         # float64 stays float64, or its gradients get float32's rounding.
-        score_dtype = tf.float32 if inputs.dtype.size < 4 else inputs.dtype
+        score_dtype = tf.float32 if query.dtype.size < 4 else query.dtype
         scores = tf.cast(scores, score_dtype) * self.depth**-0.5
         # Replaced, not added to: a row with no key to look at (the start
         # of a left-padded row) is then exactly uniform, in any dtype.
-        scores = tf.where(self._allowed(length, mask), scores, -1e9)
+        scores = tf.where(allowed, scores, -1e9)
         weights = tf.nn.softmax(scores, axis=-1)
         weights = self.dropout_layer(
-            tf.cast(weights, inputs.dtype), training=training
+            tf.cast(weights, query.dtype), training=training
         )
-        attended = tf.matmul(weights, value)  # (batch, h, length, d)
+        return tf.matmul(weights, value)  # (batch, h, query, d)
+
+    def _merge(self, attended, inputs):
+        """The heads side by side, mapped back: `o Wo^T + bo`."""
         attended = tf.transpose(attended, [0, 2, 1, 3])
-        attended = tf.reshape(attended, [batch * length, features])
+        attended = tf.reshape(attended, [-1, self.num_heads * self.depth])
         outputs = self._project(attended, self.output_kernel, self.output_bias)
         return tf.reshape(outputs, tf.shape(inputs))
 

@@ -6,6 +6,13 @@ from mylayers import checks
 from mylayers.causal_self_attention import CausalSelfAttention
 from mylayers.mlp_block import MLPBlock
 from mylayers.rms_norm import RMSNorm
+from mylayers.tiled_causal_self_attention import TiledCausalSelfAttention
+
+# `attention=` -> the layer that computes it.
+ATTENTIONS = {
+    "plain": CausalSelfAttention,
+    "tiled": TiledCausalSelfAttention,
+}
 
 
 @keras.saving.register_keras_serializable(package="mylayers")
@@ -26,6 +33,9 @@ class TransformerBlock(keras.layers.Layer):
         dropout: Dropout rate on both branches and on attention weights.
         activation: The MLP's hidden activation.
         epsilon: `RMSNorm`'s epsilon.
+        attention: "plain" (`CausalSelfAttention`) or "tiled"
+            (`TiledCausalSelfAttention`: memory linear in the length, no
+            dropout on attention weights).
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -55,6 +65,7 @@ class TransformerBlock(keras.layers.Layer):
         dropout=0.0,
         activation="gelu",
         epsilon=1e-6,
+        attention="plain",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -66,9 +77,17 @@ class TransformerBlock(keras.layers.Layer):
         self.dropout = checks.dropout_rate(self, dropout)
         self.activation = keras.activations.get(activation)
         self.epsilon = epsilon
+        checks.require(
+            attention in ATTENTIONS,
+            self,
+            "attention",
+            attention,
+            " or ".join(map(repr, ATTENTIONS)),
+        )
+        self.attention_kind = attention
         policy = self.dtype_policy
         self.norm = RMSNorm(epsilon, dtype=policy, name="norm")
-        self.attention = CausalSelfAttention(
+        self.attention = ATTENTIONS[attention](
             num_heads, rotary, dropout, dtype=policy, name="attention"
         )
         self.attention_dropout = keras.layers.Dropout(dropout, dtype=policy)
@@ -97,6 +116,15 @@ class TransformerBlock(keras.layers.Layer):
         hidden = inputs + self.attention_dropout(branch, training=training)
         return self.mlp(hidden, training=training)
 
+    def call_cached(self, inputs, cache, index):
+        """`call` at the text's positions `index, ...`, attending over the
+        keys and values in `cache` too (`CausalSelfAttention.call_cached`).
+        Returns `(outputs, cache)`."""
+        branch, cache = self.attention.call_cached(
+            self.norm(inputs), cache, index
+        )
+        return self.mlp(inputs + branch), cache
+
     def compute_mask(self, inputs, mask=None):
         return mask
 
@@ -112,4 +140,5 @@ class TransformerBlock(keras.layers.Layer):
             "dropout": self.dropout,
             "activation": keras.activations.serialize(self.activation),
             "epsilon": self.epsilon,
+            "attention": self.attention_kind,
         }

@@ -40,6 +40,10 @@ SEQUENCE_LAYERS = {
         lambda **kw: mylayers.CausalSelfAttention(2, **kw),
         4,
     ),
+    "TiledCausalSelfAttention": (
+        lambda **kw: mylayers.TiledCausalSelfAttention(2, tile_size=4, **kw),
+        4,
+    ),
     "TransformerBlock": (
         lambda **kw: mylayers.TransformerBlock(2, 8, **kw),
         10,  # norm scale, attention's 4, MLPBlock's 5

@@ -1,0 +1,150 @@
+"""Generation with a key/value cache (`TransformerLM.call_cached`, the
+cached loop of `models.sampling.generate`): the same logits as the full
+forward pass at every position, the same ids as the uncached path, the
+documented window past the context, one trace per model and settings."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+from models import sampling
+from models.sampling import generate
+
+CONTEXT = 12
+
+
+def _lm(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    settings = dict(num_layers=1, num_heads=2, width=8, hidden_units=16)
+    return models.TransformerLM((CONTEXT,), 11, **{**settings, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"positions": "learned"},
+        {"gradient_checkpointing": True},
+        {"attention": "tiled"},
+    ],
+)
+def test_cached_steps_give_the_full_pass_logits(kwargs):
+    model = _lm(**kwargs)
+    ids = np.random.default_rng(0).integers(1, 11, (2, CONTEXT))
+    ids = tf.constant(ids, tf.int32)
+    expected = model(ids).numpy()
+    # The first 5 positions at once, padded to the cache's length, then
+    # one at a time: each must see exactly the keys written before it.
+    padded = tf.pad(ids[:, :5], [[0, 0], [0, CONTEXT - 5]])
+    logits, cache = model.call_cached(padded, None, 0)
+    got = [logits[:, :5]]
+    for t in range(5, CONTEXT):
+        logits, cache = model.call_cached(ids[:, t : t + 1], cache, t)
+        got.append(logits)
+    np.testing.assert_allclose(
+        np.concatenate(got, axis=1), expected, rtol=1e-5, atol=1e-5
+    )
+
+
+# Each case traces two loops (~3 s on a loaded core): greedy, and the
+# sampled settings together, on each kind of positions.
+@pytest.mark.parametrize(
+    "positions, settings",
+    [
+        ("rotary", {"temperature": 0.0}),
+        ("rotary", {"temperature": 0.7, "top_k": 3, "num_samples": 3}),
+        ("learned", {"temperature": 1.0, "num_samples": 2}),
+    ],
+)
+def test_cached_ids_equal_the_uncached_ones(positions, settings):
+    model = _lm(positions=positions)
+    # The prompt and the text fill the context: no refill yet.
+    args = (model, [3, 4, 5], CONTEXT - 3)
+    cached = generate(*args, seed=7, **settings)
+    uncached = generate(*args, seed=7, use_cache=False, **settings)
+    np.testing.assert_array_equal(cached, uncached)
+    assert cached.shape == (
+        (settings["num_samples"], CONTEXT - 3)
+        if "num_samples" in settings
+        else (CONTEXT - 3,)
+    )
+    # Seeds matter, and the rows of a batch are drawn apart.
+    if settings["temperature"]:
+        other = generate(*args, seed=8, **settings)
+        assert not np.array_equal(cached, other)
+    if "num_samples" in settings:
+        assert len({tuple(row) for row in cached}) > 1
+
+
+def _greedy_reference(model, prompt, length):
+    """The documented windows, by hand: the last `CONTEXT` ids while the
+    cache has room, then windows refilled from the last 3/4 of the context
+    that grow by one id until full again."""
+    keep = CONTEXT - CONTEXT // 4
+    ids = list(prompt)
+    begin = max(0, len(ids) - CONTEXT)
+    for _ in range(length):
+        if len(ids) - begin > CONTEXT:
+            begin = len(ids) - keep
+        window = tf.constant([ids[begin:]], tf.int32)
+        logits = model(window).numpy()[0, -1]
+        logits[0] = -np.inf
+        ids.append(int(np.argmax(logits)))
+    return ids[len(prompt) :]
+
+
+def test_past_the_context_the_cache_is_refilled():
+    # Longer than the context: the prompt slides in, then refills follow.
+    prompt_length = CONTEXT + 5
+    model = _lm(seed=1, positions="learned")
+    prompt = np.random.default_rng(1).integers(1, 11, prompt_length)
+    got = generate(model, prompt, 2 * CONTEXT, temperature=0)
+    expected = _greedy_reference(model, prompt, 2 * CONTEXT)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_compiled_once_per_model_and_settings():
+    model = _lm()
+    generate(model, [1, 2], 3, temperature=0.5)
+    generate(model, [1, 2, 3, 4], 6, temperature=0.5, seed=4, num_samples=2)
+    (run,) = sampling._COMPILED[model].values()
+    assert run.experimental_get_tracing_count() == 1
+
+
+def test_a_model_without_call_cached_generates_uncached():
+    ids = keras.Input((None,), dtype="int32")
+    logits = keras.layers.Embedding(7, 7)(ids)
+    model = keras.Model(ids, logits)
+    model.context_length = 4
+    got = generate(model, [1, 2], 6, temperature=0)
+    assert got.shape == (6,)
+    with pytest.raises(ValueError, match="use_cache"):
+        generate(model, [1, 2], 6, use_cache=True)
+
+
+def test_mixed_precision_generates_uncached():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _lm()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert not model.supports_cached_generation
+    assert generate(model, [1, 2], 3).shape == (3,)
+
+
+@pytest.mark.parametrize("num_samples", [0, -1])
+def test_num_samples_must_be_positive(num_samples):
+    with pytest.raises(ValueError, match="num_samples="):
+        generate(_lm(), [1], 2, num_samples=num_samples)
+
+
+def test_saved_tiled_lm_generates_the_same(tmp_path):
+    model = _lm(attention="tiled")
+    model.save(tmp_path / "lm.keras")
+    loaded = keras.models.load_model(tmp_path / "lm.keras")
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(
+        generate(loaded, [2, 3], 5, seed=2), generate(model, [2, 3], 5, seed=2)
+    )

@@ -1,0 +1,127 @@
+"""`TiledCausalSelfAttention`: the plain layer's function and gradients,
+from tiles and a custom backward pass that recomputes them."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+import mylayers
+
+# Left padding (the first query sees no key), right padding, none.
+MASK = np.array(
+    [
+        [False, False, True, True, True, True, True],
+        [True, True, True, True, True, False, False],
+        [True] * 7,
+    ]
+)
+
+
+def _pair(tile_size, rotary=True):
+    """A tiled layer and a plain one with the same weights."""
+    tiled = mylayers.TiledCausalSelfAttention(
+        2, rotary=rotary, tile_size=tile_size
+    )
+    plain = mylayers.CausalSelfAttention(2, rotary=rotary)
+    shape = (None, None, 8)
+    tiled.build(shape)
+    plain.build(shape)
+    keras.utils.set_random_seed(0)
+    # Scores of a few units, as in a trained model.
+    weights = [np.random.normal(0, 0.5, w.shape) for w in plain.weights]
+    tiled.set_weights(weights)
+    plain.set_weights(weights)
+    return tiled, plain
+
+
+def _outputs_and_gradients(layer, x, mask):
+    upstream = tf.random.stateless_normal(x.shape, [1, 2])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, mask=mask)
+        loss = tf.reduce_sum(y * upstream)
+    return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+
+@pytest.mark.parametrize(
+    "tile_size, rotary, mask",
+    [
+        (3, True, MASK),  # 7 keys: tiles of 3, 3 and 1 (2 padded)
+        (2, False, MASK),
+        (16, True, None),  # one tile, longer than the text
+        (1, True, None),
+    ],
+)
+def test_equals_plain_attention_in_outputs_and_gradients(
+    tile_size, rotary, mask
+):
+    tiled, plain = _pair(tile_size, rotary)
+    x = tf.random.stateless_normal((3, 7, 8), [0, 1])
+    for mode in (lambda f: f, tf.function):
+        got = mode(_outputs_and_gradients)(tiled, x, mask)
+        expected = mode(_outputs_and_gradients)(plain, x, mask)
+        # float32 rounding: each tensor's entries differ by the sums'
+        # order, relative to the tensor's scale.
+        for g, e in zip(got, expected):
+            scale = np.abs(e).max()
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_gradcheck_in_every_mode():
+    layer = mylayers.TiledCausalSelfAttention(1, tile_size=2)
+    x = np.random.default_rng(0).normal(size=(3, 3, 2))
+    # `mylayers.gradcheck` raises, with its table, if any row fails.
+    report = mylayers.gradcheck(layer, x, mask=MASK[:, 2:5])
+    modes = {row.mode for row in report.rows if row.status == "ok"}
+    assert modes == {"eager", "function", "jit"}
+
+
+def test_no_length_by_length_scores():
+    """The traced forward and backward pass hold no `length x length`
+    tensor: every score lives in a tile of `length x tile_size`."""
+    tiled, _ = _pair(tile_size=4)
+    x = tf.random.stateless_normal((1, 16, 8), [0, 1])
+    step = tf.function(_outputs_and_gradients).get_concrete_function(
+        tiled, x, None
+    )
+    shapes = [
+        tuple(t.shape.as_list())
+        for op in step.graph.get_operations()
+        for t in op.outputs
+        if t.shape.rank
+    ]
+    assert not [s for s in shapes if s[-2:] == (16, 16)]
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda: mylayers.TiledCausalSelfAttention(2, dropout=0.1), "dropout"),
+        (
+            lambda: mylayers.TiledCausalSelfAttention(2, tile_size=0),
+            "tile_size",
+        ),
+        (
+            lambda: mylayers.TransformerBlock(2, 8, attention="flash"),
+            "attention",
+        ),
+    ],
+)
+def test_invalid_arguments(make, argument):
+    with pytest.raises(ValueError, match=f"Received: {argument}="):
+        make()
+
+
+def test_language_model_chooses_it():
+    model = models.TransformerLM(
+        (8,), 11, num_layers=1, num_heads=2, width=8, attention="tiled"
+    )
+    attention = model.get_layer("block_0").attention
+    assert isinstance(attention, mylayers.TiledCausalSelfAttention)
+    assert model.get_config()["attention"] == "tiled"
+    plain = models.TransformerLM((8,), 11, num_layers=1, num_heads=2, width=8)
+    assert type(plain.get_layer("block_0").attention) is (
+        mylayers.CausalSelfAttention
+    )
