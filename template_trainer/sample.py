@@ -28,6 +28,9 @@ flags.DEFINE_float(
 )
 flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest; 0: all.")
 flags.DEFINE_integer("seed", 0, "Same seed, same text.")
+flags.DEFINE_integer(
+    "num_samples", 1, "Texts to draw at once (one batch), each printed."
+)
 flags.DEFINE_enum(
     "model",
     "best",
@@ -139,6 +142,11 @@ def _check_flags(vocabulary):
             f"--top_k={FLAGS.top_k} is invalid: expected 0 (all) to "
             f"{vocabulary.VOCABULARY_SIZE}."
         )
+    if FLAGS.num_samples < 1:
+        raise SampleError(
+            f"--num_samples={FLAGS.num_samples} is invalid: expected a "
+            "positive number of texts."
+        )
     return prompt_ids
 
 
@@ -158,16 +166,20 @@ def main(argv):
     from models.sampling import generate
 
     settings = dict(
-        temperature=FLAGS.temperature, top_k=FLAGS.top_k, seed=FLAGS.seed
+        temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
+        seed=FLAGS.seed,
+        num_samples=FLAGS.num_samples,
     )
     generate(model, prompt_ids, 1, **settings)  # Traces the loop once.
     start = time.perf_counter()
-    ids = generate(model, prompt_ids, FLAGS.length, **settings)
+    texts = generate(model, prompt_ids, FLAGS.length, **settings)
     seconds = time.perf_counter() - start
-    print(FLAGS.prompt + vocabulary.decode(ids))
+    # Samples apart by a blank line; one sample prints as before.
+    print("\n\n".join(FLAGS.prompt + vocabulary.decode(ids) for ids in texts))
     print(
-        f"{len(ids)} characters from {path} in {seconds:.2f} s "
-        f"({len(ids) / seconds:.0f} characters/s)",
+        f"{texts.size} characters from {path} in {seconds:.2f} s "
+        f"({texts.size / seconds:.0f} characters/s)",
         file=sys.stderr,
     )
     return 0

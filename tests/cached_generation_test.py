@@ -7,6 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from sample_test import (  # noqa: F401  The command's fixtures.
+    _flags_unparsed,
+    _sample,
+    lm_workdir,
+)
 
 import models
 from models import sampling
@@ -148,3 +153,17 @@ def test_saved_tiled_lm_generates_the_same(tmp_path):
     np.testing.assert_array_equal(
         generate(loaded, [2, 3], 5, seed=2), generate(model, [2, 3], 5, seed=2)
     )
+
+
+def test_sample_command_draws_num_samples_texts(lm_workdir, capsys):  # noqa: F811
+    args = (f"--workdir={lm_workdir}", "--prompt=The", "--length=20")
+    code, out, err = _sample(capsys, *args, "--num_samples=2")
+    assert code == 0, err
+    first, second = out[:-1].split("\n\n")
+    assert first.startswith("The") and second.startswith("The")
+    assert len(first) == len(second) == 23 and first != second
+    assert "40 characters from" in err and "characters/s)" in err
+    _, one, _ = _sample(capsys, *args)
+    assert one == first + "\n"  # a batch's first row, the same draws
+    code, out, err = _sample(capsys, *args, "--num_samples=0")
+    assert code == 2 and err.startswith("error: --num_samples=0")
