@@ -1,6 +1,8 @@
 """`CustomModel`: a `keras.Model` whose training step is written out."""
 
 import functools
+import json
+import os
 import warnings
 
 import keras
@@ -114,6 +116,28 @@ class CustomModel(keras.Model):
             super().__init__(*args, **kwargs)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._step_state = StepState()
+        # What the model's outputs mean, when the data says: the class of
+        # each logit, or the characters of a text model's ids (see
+        # `save_assets`). The trainer sets them from the dataset.
+        self.label_names = ()
+        self.vocabulary = ""
+
+    def save_assets(self, dir_path):
+        """Keeps `label_names` and `vocabulary` inside the `.keras` file
+        (Keras calls this while saving), so a model copied away from its
+        run still says what its outputs are."""
+        data = {"label_names": list(self.label_names)}
+        data["vocabulary"] = self.vocabulary
+        with open(os.path.join(dir_path, "data.json"), "w") as f:
+            json.dump(data, f)
+
+    def load_assets(self, dir_path):
+        path = os.path.join(dir_path, "data.json")
+        if os.path.exists(path):  # `.keras` files from before they were kept
+            with open(path) as f:
+                data = json.load(f)
+            self.label_names = tuple(data["label_names"])
+            self.vocabulary = data["vocabulary"]
 
     def compile(
         self,

@@ -117,6 +117,9 @@ def create_run(config, workdir, strategy):
         total_steps = config.num_epochs * steps_per_epoch
 
     model = compiled_model(config, data.info, strategy, total_steps)
+    if isinstance(model, models.CustomModel):  # `.keras` keeps them
+        model.label_names = tuple(data.info.label_names)
+        model.vocabulary = data.info.vocabulary
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     iterator = iter(data.train)
     return Run(

@@ -96,6 +96,8 @@ def test_model_keras_predicts_on_raw_rows(csv_run):
     csv, workdir, _ = csv_run
     model = keras.models.load_model(workdir / "model.keras")
     names = json.loads((workdir / "data.json").read_text())["label_names"]
+    # The model file keeps them too, for use away from its run.
+    assert list(model.label_names) == names
     lines = csv.read_text().split()[1:]
     rows = np.array([[float(x), float(y)] for x, _, y in map(str.split, [
         line.replace(",", " ") for line in lines
@@ -259,6 +261,8 @@ def test_text_file_trains_and_samples(tmp_path, capsys):
     assert metrics["val_bpc"] < np.log2(len(set(text)))  # beats uniform
     vocabulary = sample._vocabulary(str(workdir))
     assert vocabulary.VOCABULARY == "".join(sorted(set(text)))
+    model = keras.models.load_model(workdir / "model.keras")
+    assert model.vocabulary == vocabulary.VOCABULARY
     sample.FLAGS.unparse_flags()
     try:
         code = sample.main(

@@ -234,6 +234,26 @@ MUTANTS = [
         new="loss=keras.losses.SparseCategoricalCrossentropy(),",
         tests=("tests/model_selection_test.py",),
     ),
+    Mutant(
+        name="model-forgets-label-names",
+        feature="model.keras keeps the data's class names",
+        file="template_trainer/setup.py",
+        old="model.label_names = tuple(data.info.label_names)",
+        new="pass",
+        tests=(
+            "tests/data_sources_test.py::test_model_keras_predicts_on_raw_rows",
+        ),
+    ),
+    Mutant(
+        name="keras-file-drops-vocabulary",
+        feature="model.keras keeps a text model's vocabulary",
+        file="models/custom_model.py",
+        old='data["vocabulary"] = self.vocabulary',
+        new='data["vocabulary"] = ""',
+        tests=(
+            "tests/data_sources_test.py::test_text_file_trains_and_samples",
+        ),
+    ),
     # I/O errors
     Mutant(
         name="write-failures-lose-notfound",
