@@ -311,12 +311,21 @@ def test_a_failed_requeue_says_so_in_one_line(scontrol):
 
 
 def test_sigusr1_is_caught_like_sigterm():
-    before = signal.getsignal(signal.SIGUSR1)
-    with loop._catch_preemption() as received:
-        os.kill(os.getpid(), signal.SIGUSR1)
-        os.kill(os.getpid(), signal.SIGTERM)
+    """Inside the loop's handlers SIGUSR1 is recorded like SIGTERM; a
+    handler of the test's own sees any that escape them (rather than the
+    default action ending the test process)."""
+    escaped = []
+    original = signal.signal(signal.SIGUSR1, lambda s, _: escaped.append(s))
+    try:
+        with loop._catch_preemption() as received:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        restored = signal.getsignal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, original)
     assert received == [signal.SIGUSR1, signal.SIGTERM]
-    assert signal.getsignal(signal.SIGUSR1) is before
+    assert escaped == []
+    assert restored is not signal.SIG_DFL  # the test's own, back
 
 
 @pytest.mark.parametrize("num_workers", [1, 2, 3])
@@ -365,8 +374,12 @@ def test_kubernetes_command_outside_an_indexed_job_exits_2(monkeypatch, capsys):
 @pytest.mark.slow
 def test_train_py_refuses_a_half_set_slurm_environment(tmp_path):
     """The command line's exit code and one line, before TensorFlow (and
-    its cluster) starts: no workdir is made."""
+    its cluster) starts: here TensorFlow cannot even be imported."""
+    fake = tmp_path / "no_tensorflow" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('imported')\n")
     env = {**os.environ, **_without("SLURM_PROCID")}
+    env["PYTHONPATH"] = os.pathsep.join([str(fake.parent), REPO])
     env.pop("TF_CONFIG", None)
     result = subprocess.run(
         [

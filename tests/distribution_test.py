@@ -103,24 +103,6 @@ def test_mirrored_equals_single_device(tmp_path, single_device):
     _assert_close(single_device, tmp_path / "model.keras", atol=1e-5)
 
 
-@pytest.mark.slow
-def test_two_workers_equal_one_device_on_a_short_run(tmp_path, single_device):
-    """The multi-worker path (which `model.fit` cannot take in Keras 3)
-    only shows itself in real processes talking over loopback."""
-    outputs = _finish(_start_workers(tmp_path, *SHORT))
-    assert all("Done: step=41," in stdout for stdout in outputs)
-    assert (tmp_path / "checkpoints" / "ckpt-41.index").exists()
-    final = json.loads(
-        (tmp_path / "metrics.jsonl").read_text().splitlines()[-1]
-    )
-    assert final["step"] == 41 and "best_test_accuracy" in final
-    # Both workers end with the same weights, equal to one device's.
-    _assert_close(
-        tmp_path / "model.keras", tmp_path / "worker-1" / "model.keras", atol=0
-    )
-    _assert_close(tmp_path / "model.keras", single_device, atol=1e-5)
-
-
 # 164 steps, long enough to interrupt twice, each time after a checkpoint
 # (two workers on two cores take ~0.1 s a step here).
 LONG = ["--config.num_epochs=4", "--config.checkpoint_every_steps=20"]
@@ -248,10 +230,13 @@ def test_slurm_tasks_requeued_by_sigusr1_resume_equal_to_one_device(
     tmp_path, single_device
 ):
     """Two tasks of a faked Slurm step form one cluster from Slurm's
-    variables alone. Slurm's time-limit warning (SIGUSR1) reaches one:
-    both stop at one saved step, the chief requeues the job once, and
-    the requeued tasks (the same variables) resume and end as one device
-    does. Only real processes talking over loopback show it."""
+    variables alone and train as one device does (the multi-worker path,
+    which `model.fit` cannot take in Keras 3; TF_CONFIG's cluster is
+    formed by the interrupted-run test above). Slurm's time-limit warning
+    (SIGUSR1) reaches one task: both stop at one saved step, the chief
+    requeues the job once, and the requeued tasks (the same variables)
+    resume and end as one device does. Only real processes talking over
+    loopback show it."""
     calls = tmp_path / "scontrol-calls"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -298,6 +283,10 @@ def test_slurm_tasks_requeued_by_sigusr1_resume_equal_to_one_device(
     assert all(f"at step {step}." in stdout for stdout in outputs)
     assert all("Done: step=41," in stdout for stdout in outputs)
     assert calls.read_text().splitlines() == [f"requeue {job}"]
+    assert (workdir / "checkpoints" / "ckpt-41.index").exists()
+    final = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["step"] == 41 and "best_test_accuracy" in final
+    # Both workers end with the same weights, equal to one device's.
     _assert_close(
         workdir / "model.keras", workdir / "worker-1" / "model.keras", atol=0
     )
