@@ -107,9 +107,7 @@ def _generate_fn(model, temperature, top_k, context, cached):
         """One id per row of `(batch, vocabulary)` logits."""
         logits = tf.cast(logits, tf.float32)
         # Padding is not text.
-        logits = tf.concat(
-            [tf.fill([tf.shape(logits)[0], 1], -np.inf), logits[:, 1:]], axis=1
-        )
+        logits = tf.where(tf.range(tf.shape(logits)[1]) == 0, -np.inf, logits)
         if temperature == 0:
             return tf.argmax(logits, axis=-1, output_type=tf.int32)
         logits = logits / temperature

@@ -83,31 +83,33 @@ def test_cached_ids_equal_the_uncached_ones(positions, settings):
         assert len({tuple(row) for row in cached}) > 1
 
 
-def _greedy_reference(model, prompt, length):
+def _reference(model, prompt, length, seed):
     """The documented windows, by hand: the last `CONTEXT` ids while the
     cache has room, then windows refilled from the last 3/4 of the context
-    that grow by one id until full again."""
+    that grow by one id until full again; draws as `generate` seeds them
+    (sampled, so that the window's start changes the text)."""
     keep = CONTEXT - CONTEXT // 4
     ids = list(prompt)
     begin = max(0, len(ids) - CONTEXT)
-    for _ in range(length):
+    for i in range(length):
         if len(ids) - begin > CONTEXT:
             begin = len(ids) - keep
         window = tf.constant([ids[begin:]], tf.int32)
-        logits = model(window).numpy()[0, -1]
-        logits[0] = -np.inf
-        ids.append(int(np.argmax(logits)))
+        logits = model(window).numpy()[:, -1]
+        logits[:, 0] = -np.inf
+        draw = tf.random.stateless_categorical(logits, 1, seed=[seed, i])
+        ids.append(int(draw[0, 0]))
     return ids[len(prompt) :]
 
 
 def test_past_the_context_the_cache_is_refilled():
     # Longer than the context: the prompt slides in, then refills follow.
-    prompt_length = CONTEXT + 5
     model = _lm(seed=1, positions="learned")
-    prompt = np.random.default_rng(1).integers(1, 11, prompt_length)
-    got = generate(model, prompt, 2 * CONTEXT, temperature=0)
-    expected = _greedy_reference(model, prompt, 2 * CONTEXT)
-    np.testing.assert_array_equal(got, expected)
+    prompt = np.random.default_rng(1).integers(1, 11, CONTEXT + 5)
+    got = generate(model, prompt, 2 * CONTEXT, temperature=1.0, seed=5)
+    np.testing.assert_array_equal(
+        got, _reference(model, prompt, 2 * CONTEXT, 5)
+    )
 
 
 def test_compiled_once_per_model_and_settings():
