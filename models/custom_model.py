@@ -58,13 +58,18 @@ def _learning_rates(optimizer):
     at 0, a finished cosine stays there. Keras exposes a schedule only
     through the optimizer's config."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    now = float(optimizer.learning_rate)
+    # `convert_to_numpy`: under a strategy the variable is a mirrored one,
+    # which `float()` does not take.
+    now = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
     config = optimizer.get_config()["learning_rate"]
     if not isinstance(config, dict):  # A constant.
         return [now]
     try:
         schedule = keras.saving.deserialize_keras_object(config)
-        return [now, float(schedule(optimizer.iterations + 1))]
+        upcoming = schedule(
+            keras.ops.convert_to_numpy(optimizer.iterations) + 1
+        )
+        return [now, float(keras.ops.convert_to_numpy(upcoming))]
     except Exception:  # A schedule Keras cannot rebuild: now must do.
         return [now]
 

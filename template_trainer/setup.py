@@ -352,8 +352,11 @@ def check_saves(model):
     with tempfile.TemporaryDirectory(prefix="save-check-") as directory:
         path = os.path.join(directory, "model.keras")
         try:
-            model.save(path)
+            with errors.writing("save check's model", path):
+                model.save(path)
             loaded = keras.models.load_model(path)
+        except errors.WriteError:
+            raise  # The disk, not the model: say so as for any write.
         except Exception as e:  # noqa: BLE001 - whatever Keras raises
             raise ModelNotSavableError(_not_savable(model, e)) from None
     ours, theirs = model.get_weights(), loaded.get_weights()

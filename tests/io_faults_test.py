@@ -104,8 +104,10 @@ def test_export_that_cannot_be_written_leaves_the_old_one(
     template_trainer.train_and_evaluate(config, str(tmp_path))
     before = (tmp_path / "model.keras").read_bytes()
     full = OSError(errno.ENOSPC, "No space left on device")
+    # The first save is the start-of-run check's (to a temporary
+    # directory); the second, the export at the end.
     monkeypatch.setattr(
-        keras.Model, "save", _fail_on_call(1, full)(keras.Model.save)
+        keras.Model, "save", _fail_on_call(2, full)(keras.Model.save)
     )
     with pytest.raises(template_trainer.WriteError) as failed:
         template_trainer.train_and_evaluate(_config(), str(tmp_path))

@@ -155,16 +155,25 @@ def _greedy(model, prompt, length):
     return ids[len(prompt) :]
 
 
-def test_temperature_zero_and_top_k_one_are_greedy(fresh_lm):
-    # 10 + 12 ids: the window slides past the 16-id context.
+@pytest.mark.parametrize("use_cache", [False, None])
+def test_temperature_zero_and_top_k_one_are_greedy(fresh_lm, use_cache):
+    """Uncached, 10 + 12 ids: the window slides past the 16-id context, one
+    id at a time. Cached (the default for this model), 10 + 6 ids fill the
+    context: past it the cache is refilled from the last 3/4 of the
+    context instead of sliding by one (tests/cached_generation_test.py)."""
     prompt = python_docs_dataset.encode("def main()")
-    greedy = _greedy(fresh_lm, prompt, 12)
-    assert generate(fresh_lm, prompt, 12, temperature=0).tolist() == greedy
+    length = 12 if use_cache is False else 6
+    greedy = _greedy(fresh_lm, prompt, length)
+
+    def run(**kwargs):
+        ids = generate(fresh_lm, prompt, length, use_cache=use_cache, **kwargs)
+        return ids.tolist()
+
+    assert run(temperature=0) == greedy
     for seed in (0, 1):
-        sampled = generate(fresh_lm, prompt, 12, top_k=1, seed=seed)
-        assert sampled.tolist() == greedy
+        assert run(top_k=1, seed=seed) == greedy
     # Without the cut, the (untrained, near uniform) model strays from it.
-    assert generate(fresh_lm, prompt, 12, seed=0).tolist() != greedy
+    assert run(seed=0) != greedy
 
 
 @pytest.fixture(scope="session")

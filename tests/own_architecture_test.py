@@ -17,7 +17,9 @@ from run_helpers import STEPS_PER_EPOCH, tiny_config
 import template_trainer
 from template_trainer import config_checks, setup, summaries
 
-INFO = types.SimpleNamespace(input_shape=(8, 8, 1), num_classes=10)
+INFO = types.SimpleNamespace(
+    input_shape=(8, 8, 1), num_classes=10, normalization=None
+)
 
 # A subclass of `CustomModel` with a train_step of its own (dropout, whose
 # RNG state the checkpoint must carry, and a loss of its own), registered

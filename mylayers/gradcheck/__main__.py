@@ -79,6 +79,13 @@ def cli_cases():
             (2, 3),
             2,
         ),
+        (
+            mylayers.TiledCausalSelfAttention(
+                1, tile_size=2, name="tiled_attention"
+            ),
+            Sample((2, 3, 2), mask=_PADDING),
+            1,
+        ),
     ]
 
 
