@@ -110,7 +110,8 @@ MUTANTS += [
         name="fit-warns-during-warm-up",
         feature="a warm-up that starts at 0 does not warn",
         file="models/custom_model.py",
-        old="        return [now, float(keras.ops.convert_to_numpy(upcoming))]\n",
+        old="        return [now, "
+        "float(keras.ops.convert_to_numpy(upcoming))]\n",
         new="        return [now]\n",
         tests=FIT,
     ),
