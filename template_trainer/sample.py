@@ -111,6 +111,10 @@ def _load(workdir, which):
             + ("" if prefix else ", or use --model=best")
             + "."
         )
+    # TensorFlow only now, and without its C++ start-up notes, as train.py.
+    from template_trainer import startup
+
+    startup.import_tensorflow()
     import keras
 
     import models  # noqa: F401  Registers the model classes.

@@ -76,6 +76,9 @@ def create_run(config, workdir, strategy):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     _, worker_index, is_chief = distribution.worker_info(strategy)
+    # A model name that does not import fails before the data is prepared
+    # (minutes, for a large dataset's first use).
+    resolve_architecture(config.model.name)
     data = pipeline.create_datasets(
         dataset=config.dataset,
         data_dir=config.data_dir,

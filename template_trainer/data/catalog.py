@@ -48,7 +48,7 @@ def prepare(name, data_dir, download):
     """
     builder = tfds.builder(name, data_dir=data_dir)
     if name in names.OFFLINE or builder.is_prepared():
-        with store.preparing(builder.data_dir_root, name):
+        with store.preparing(builder.data_dir_root, name), store.quiet():
             builder.download_and_prepare()
         # Anew: if another trainer prepared it while this one waited, this
         # builder's info still describes an empty dataset.

@@ -65,7 +65,8 @@ def holdout_masks(labels, fractions, seed, label_names, source):
                 f"{len(where)} example(s), too few to split: it must give "
                 f"{' and '.join(map(str, counts))} to "
                 f"{' and '.join(fractions)} and keep one for training; "
-                f"add examples of it or lower config.val_fraction."
+                "add examples of it (every class needs at least one "
+                "for each split)."
             )
         rng = np.random.default_rng([seed, label])
         where = where[rng.permutation(len(where))]

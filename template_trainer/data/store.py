@@ -12,10 +12,12 @@ half-written.
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import random
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 VERSION = "1.0.0"
 # Part of every key: a change to how sources are converted makes new keys.
@@ -85,6 +87,25 @@ def preparing(root, name):
         random.setstate(state)
 
 
+@contextlib.contextmanager
+def quiet():
+    """Keeps TFDS's own output off the terminal while it prepares a dataset
+    offline: a "Downloading and preparing" line for data that nothing
+    downloads, progress bars drawn with carriage returns (in logs too), and
+    warnings about its configs that no user can act on. Its errors still
+    raise; a real download (a catalog dataset) is not run under this, so
+    its progress shows."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    tfds.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.enable_progress_bar()
+        logging.set_verbosity(verbosity)
+
+
 def save(kind, key, data_dir, features, split_examples, description):
     """Stores `split_examples` (`{split: [(key, example), ...]}`) as the
     cached conversion of `key`; returns its builder."""
@@ -93,15 +114,16 @@ def save(kind, key, data_dir, features, split_examples, description):
         # Another trainer may have stored it while this one waited.
         builder = cached(kind, key, data_dir)
         if builder is None:
-            tfds.dataset_builders.store_as_tfds_dataset(
-                name=_name(kind),
-                config=_config(key),
-                version=VERSION,
-                features=features,
-                split_datasets=split_examples,
-                data_dir=root,
-                description=description,
-                disable_shuffling=True,
-            )
+            with quiet():
+                tfds.dataset_builders.store_as_tfds_dataset(
+                    name=_name(kind),
+                    config=_config(key),
+                    version=VERSION,
+                    features=features,
+                    split_datasets=split_examples,
+                    data_dir=root,
+                    description=description,
+                    disable_shuffling=True,
+                )
             builder = cached(kind, key, data_dir)
     return builder
