@@ -205,6 +205,9 @@ def test_sigint_in_the_loop_saves_and_stops(tmp_path, monkeypatch):
 
     interrupt_after_step_50.sent = False
     monkeypatch.setattr(summaries.Writer, "write", interrupt_after_step_50)
+    # What the process had (Python's default, or SIG_IGN in a test worker
+    # whose parent ignores Ctrl-C): the trainer must put it back.
+    before = signal.getsignal(signal.SIGINT)
     # Loop calls end at 20, 40, 41, 61, ...: the signal comes after 61.
     config = tiny_config(num_epochs=EPOCHS, steps_per_loop=20)
     with pytest.raises(template_trainer.Preempted) as stopped:
@@ -215,8 +218,8 @@ def test_sigint_in_the_loop_saves_and_stops(tmp_path, monkeypatch):
     assert "stopped by SIGINT at step 61;" in str(stopped.value)
     newest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert newest.endswith("ckpt-61")  # saved at the signal
-    # The handler is the default one again once the trainer is done.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # The handler is the process's own again once the trainer is done.
+    assert signal.getsignal(signal.SIGINT) is before
     monkeypatch.undo()
     resumed = template_trainer.train_and_evaluate(config, str(tmp_path))
     assert resumed["step"] == TOTAL
