@@ -280,7 +280,10 @@ MUTANTS = [
         file="template_trainer/workdir.py",
         old="fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)",
         new="pass",
-        tests=("tests/cli_test.py",),
+        tests=(
+            "tests/resume_test.py"
+            "::test_second_trainer_on_same_workdir_fails_fast",
+        ),
     ),
     Mutant(
         name="config-drift-allowed",
