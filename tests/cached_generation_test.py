@@ -147,7 +147,9 @@ def test_num_samples_must_be_positive(num_samples):
         generate(_lm(), [1], 2, num_samples=num_samples)
 
 
+@pytest.mark.slow
 def test_saved_tiled_lm_generates_the_same(tmp_path):
+    """Slow: a save and a load, then two generations traced."""
     model = _lm(attention="tiled")
     model.save(tmp_path / "lm.keras")
     loaded = keras.models.load_model(tmp_path / "lm.keras")
@@ -157,7 +159,9 @@ def test_saved_tiled_lm_generates_the_same(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_sample_command_draws_num_samples_texts(lm_workdir, capsys):  # noqa: F811
+    """Slow: three runs of the command, each loading and tracing a model."""
     args = (f"--workdir={lm_workdir}", "--prompt=The", "--length=20")
     code, out, err = _sample(capsys, *args, "--num_samples=2")
     assert code == 0, err

@@ -45,7 +45,7 @@ def pytest_configure(config):
 
 
 # Test files by the time their tests take, longest first (measured on two
-# cores, 2026-11-28; the rest follow in collection order). The test
+# cores, 2026-12-07; the rest follow in collection order). The test
 # processes take whole files in this order as they free up
 # (`--dist loadfile --no-loadscope-reorder`, pyproject.toml), so the long
 # files start early and short ones fill the end. xdist's own order (most
@@ -53,23 +53,26 @@ def pytest_configure(config):
 # process ran ~55 s alone at the end of the suite.
 LONGEST_FIRST = [
     "resume_test.py",
-    "distribution_test.py",
     "gradcheck_cli_test.py",
-    "mirrored_test.py",
-    "notebook_test.py",
-    "trainer_options_test.py",
-    "train_step_test.py",
-    "cli_test.py",
+    "distribution_test.py",
     "train_test.py",
-    "lm_test.py",
     "io_faults_test.py",
     "lm_subprocess_test.py",
-    "gradcheck_test.py",
+    "notebook_test.py",
+    "mirrored_test.py",
     "input_pipeline_test.py",
-    "custom_model_test.py",
+    "example_project_test.py",
+    "train_step_test.py",
+    "data_sources_test.py",
+    "lm_test.py",
+    "cli_test.py",
+    "trainer_options_test.py",
+    "gradcheck_test.py",
     "gradcheck_gallery_test.py",
     "layers_test.py",
+    "own_architecture_test.py",
     "sample_test.py",
+    "cached_generation_test.py",
 ]
 
 

@@ -73,6 +73,8 @@ def _csv_config(tmp_path, csv, **overrides):
 
 @pytest.fixture(scope="module")
 def csv_run(tmp_path_factory):
+    """A training run of its own (about 3 s): the tests that use it are
+    slow; the fast lane reads CSVs without training."""
     tmp_path = tmp_path_factory.mktemp("csv")
     csv = write_csv(tmp_path / "points.csv")
     workdir = tmp_path / "run"
@@ -82,6 +84,7 @@ def csv_run(tmp_path_factory):
     return csv, workdir, metrics
 
 
+@pytest.mark.slow
 def test_csv_trains_and_keeps_its_label_names(csv_run):
     _, workdir, metrics = csv_run
     assert metrics["val_accuracy"] >= 0.95
@@ -92,6 +95,7 @@ def test_csv_trains_and_keeps_its_label_names(csv_run):
     assert len(record["content_key"]) == 64
 
 
+@pytest.mark.slow
 def test_model_keras_predicts_on_raw_rows(csv_run):
     csv, workdir, _ = csv_run
     model = keras.models.load_model(workdir / "model.keras")
@@ -114,6 +118,7 @@ def test_model_keras_predicts_on_raw_rows(csv_run):
     )
 
 
+@pytest.mark.slow
 def test_resuming_on_an_edited_file_is_refused_as_drift(csv_run, tmp_path):
     csv, workdir, _ = csv_run
     original = csv.read_text()
@@ -211,7 +216,9 @@ def write_folder(root, per_class=10, layout=("",), sizes=None):
     return root
 
 
+@pytest.mark.slow
 def test_image_folder_trains(tmp_path):
+    """Slow: a training run of its own."""
     folder = write_folder(tmp_path / "images", per_class=20)
     config = tiny_config(
         dataset=f"imagefolder:{folder}",
@@ -242,7 +249,9 @@ def test_image_size_resizes(tmp_path):
     assert data.info.input_shape == (6, 6, 1)
 
 
+@pytest.mark.slow
 def test_text_file_trains_and_samples(tmp_path, capsys):
+    """Slow (about 6 s): a training run of its own, then the sampler."""
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
     rng = np.random.default_rng(0)
     text = " ".join(rng.choice(words, 1500)) + " é\n"

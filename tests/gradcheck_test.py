@@ -113,6 +113,7 @@ def test_catches_broken_gradient_with_table(kind, tensor, status, jacobian):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows_by_backward_pass", [0, 1000])
 def test_both_ways_to_full_jacobians_catch_errors(
     rows_by_backward_pass, monkeypatch
@@ -120,7 +121,8 @@ def test_both_ways_to_full_jacobians_catch_errors(
     """Full Jacobians are computed by a backward pass per output up to
     `ROWS_BY_BACKWARD_PASS` outputs, vectorized with pfor past it: each
     way, in a traced and a compiled mode, at orders 1 and 2, passes a
-    right gradient and catches a wrong one."""
+    right gradient and catches a wrong one. Slow (about 5 s): four checks
+    at order 2; the fast lane's checks take the default way."""
     monkeypatch.setattr(
         numerics, "ROWS_BY_BACKWARD_PASS", rows_by_backward_pass
     )
@@ -250,9 +252,11 @@ def test_cli_covers_every_public_layer():
     assert checked <= public
 
 
+@pytest.mark.slow
 def test_functional_model_with_ops_is_cast_and_checked():
     """`x + h` and `keras.ops` calls are graph ops, not layers: casting the
-    model to float64 must not give them a dtype."""
+    model to float64 must not give them a dtype. Slow (about 3 s): a
+    model at order 2 in three modes."""
     inputs = keras.Input((4,))
     hidden = mylayers.Linear(4, activation="tanh")(inputs)
     outputs = keras.ops.tanh(mylayers.Linear(3)(inputs + hidden))

@@ -25,7 +25,9 @@ def test_guide_has_code():
     assert len(_python_blocks()) >= 8
 
 
+@pytest.mark.slow
 def test_guide_code_blocks_run():
+    """Slow (about 5 s): the guide's blocks build, check and train layers."""
     namespace = {"__name__": "guide"}
     for i, block in enumerate(_python_blocks()):
         try:

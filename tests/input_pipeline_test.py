@@ -178,8 +178,9 @@ def test_unreachable_download_fails_fast(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "config_module",
     [
-        mnist,
-        # The three share configs/catalog.py; the fast lane runs one.
+        # Each a training run of its own (about 3 s), so slow; the three
+        # share configs/catalog.py.
+        pytest.param(mnist, marks=pytest.mark.slow),
         pytest.param(fashion_mnist, marks=pytest.mark.slow),
         pytest.param(cifar10, marks=pytest.mark.slow),
     ],

@@ -155,7 +155,11 @@ def _greedy(model, prompt, length):
     return ids[len(prompt) :]
 
 
-@pytest.mark.parametrize("use_cache", [False, None])
+# The cached path (None: this model's default) is slow, about 3 s: the
+# fast lane checks it against the uncached one in cached_generation_test.
+@pytest.mark.parametrize(
+    "use_cache", [False, pytest.param(None, marks=pytest.mark.slow)]
+)
 def test_temperature_zero_and_top_k_one_are_greedy(fresh_lm, use_cache):
     """Uncached, 10 + 12 ids: the window slides past the 16-id context, one
     id at a time. Cached (the default for this model), 10 + 6 ids fill the

@@ -37,6 +37,11 @@ def mirrored_report():
 def test_mirrored_strategy_on_two_cpus(mirrored_report):
     report = mirrored_report
     assert report["replicas"] == 2
+    # The strategy of `--config.distribution=mirrored --config.cpu_devices=2`.
+    assert [d.rsplit("/", 1)[-1] for d in report["devices"]] == [
+        "device:CPU:0",
+        "device:CPU:1",
+    ]
     assert report["ours_vs_keras"] <= 1e-6
     assert report["ours_vs_single_device"] <= 1e-6
     assert report["moved"] > 1e-3

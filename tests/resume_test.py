@@ -29,13 +29,13 @@ SLOW = [
     "--config.model.hidden_units=(512, 512)",
     "--config.model.dropout=0.2",
     "--config.batch_size=128",  # 11 steps per epoch
-    "--config.num_epochs=12",  # 132 steps
+    "--config.num_epochs=6",  # 66 steps
     "--config.steps_per_loop=1",
     "--config.checkpoint_every_steps=10",
-    "--config.val_every_epochs=4",
+    "--config.val_every_epochs=3",
     "--config.warmup_steps=20",
 ]
-SLOW_STEPS = 132
+SLOW_STEPS = 66
 
 
 def _weights(workdir):

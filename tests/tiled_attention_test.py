@@ -69,7 +69,10 @@ def test_equals_plain_attention_in_outputs_and_gradients(
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * scale)
 
 
+@pytest.mark.slow
 def test_gradcheck_in_every_mode():
+    """Slow (about 3 s): compiles the layer's gradients under XLA; the
+    fast lane compares them with plain attention's above."""
     layer = mylayers.TiledCausalSelfAttention(1, tile_size=2)
     x = np.random.default_rng(0).normal(size=(3, 3, 2))
     # `mylayers.gradcheck` raises, with its table, if any row fails.

@@ -172,7 +172,9 @@ def test_saved_model_keras_predicts_the_same_in_fresh_process(tiny_run):
     )
 
 
+@pytest.mark.slow
 def test_fast_dev_run_trains_a_few_steps_and_writes_nothing(tmp_path):
+    """Slow: a training run of its own."""
     config = tiny_config(fast_dev_run=4)
     metrics = template_trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert metrics["step"] == 4
@@ -258,12 +260,13 @@ def one_step_per_call(tmp_path_factory):
     return summaries.read_records(workdir / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_logged_training_values_are_means_over_their_interval(
     tmp_path, one_step_per_call
 ):
     """With 10 steps per loop call, the record at step 20 is the mean of
     steps 11-20 alone, not of the epoch so far (same computation: the
-    logging interval does not change it)."""
+    logging interval does not change it). Slow: two training runs."""
     config = tiny_config(num_epochs=1, steps_per_loop=10)
     template_trainer.train_and_evaluate(config, str(tmp_path))
     records = summaries.read_records(tmp_path / "metrics.jsonl")

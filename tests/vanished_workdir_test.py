@@ -14,7 +14,9 @@ import template_trainer
 from template_trainer import errors
 
 
+@pytest.mark.slow
 def test_workdir_replaced_by_a_file_mid_run(tmp_path):
+    """Slow: a training run of its own."""
     workdir = tmp_path / "run"
     save = tf.train.CheckpointManager.save
     calls = []

@@ -114,11 +114,15 @@ def _local_copies(strategy, model):
 
 
 def main():
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    from run_helpers import tiny_lm_config
+
+    from template_trainer import setup
+
+    # The trainer's own way to it, as `--config.distribution=mirrored
+    # --config.cpu_devices=2` takes it: two logical CPUs, one replica each.
+    strategy = setup.create_strategy(
+        tiny_lm_config(distribution="mirrored", cpu_devices=2)
     )
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     x, y, w = _data()
     dataset = _dataset(x, y, w, STEPS)
     report = {"replicas": strategy.num_replicas_in_sync}
@@ -255,6 +259,7 @@ def main():
     report["fit_weights_finite"] = all(
         bool(np.isfinite(w).all()) for w in fitted.get_weights()
     )
+    report["devices"] = list(strategy.extended.worker_devices)
     report["lm"] = lm_report(strategy)
     print(json.dumps(report))
 
