@@ -99,14 +99,14 @@ def single_device(tmp_path_factory):
 LONG = ["--config.num_epochs=4", "--config.checkpoint_every_steps=20"]
 
 
-def _start_past_a_checkpoint(workdir, after=0):
-    """Two workers of a `LONG` run, once a checkpoint past step `after` is
+def _start_past_a_checkpoint(workdir):
+    """Two workers of a `LONG` run, once their first checkpoint is
     written."""
     workers = _start_workers(workdir, *LONG)
     # A guard against a hang, not a speed check: the workers normally save
     # within seconds.
     deadline = time.time() + 180
-    while (latest_checkpoint_step(workdir) or 0) <= after:
+    while not latest_checkpoint_step(workdir):
         if time.time() > deadline:
             pytest.fail("the workers wrote no new checkpoint: they hang")
         for worker in workers:

@@ -28,6 +28,10 @@ import mylayers  # noqa: E402
 _TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [_TESTS, os.path.dirname(_TESTS)]
 
+from run_helpers import tiny_lm_config  # noqa: E402
+
+from template_trainer import setup  # noqa: E402
+
 GLOBAL_BATCH = 16
 STEPS = 20
 
@@ -114,10 +118,6 @@ def _local_copies(strategy, model):
 
 
 def main():
-    from run_helpers import tiny_lm_config
-
-    from template_trainer import setup
-
     # The trainer's own way to it, as `--config.distribution=mirrored
     # --config.cpu_devices=2` takes it: two logical CPUs, one replica each.
     strategy = setup.create_strategy(
@@ -269,10 +269,6 @@ def lm_report(strategy):
     two replicas against one device: four steps of the same global batch.
     (The strategy of the checks above: a second one in this process would
     reuse its collective keys.)"""
-    from run_helpers import tiny_lm_config
-
-    from template_trainer import setup
-
     config = tiny_lm_config(batch_size=32, distribution="mirrored")
     mirrored = setup.create_run(config, None, strategy)
     single = setup.create_run(

@@ -177,4 +177,13 @@ MUTANTS = [
             "test_early_stopping_counts_validations_across_a_resume",
         ),
     ),
+    Mutant(
+        name="cpu-devices-ignored",
+        feature="config.cpu_devices splits the CPU into logical devices, "
+        "one replica each under the mirrored strategy",
+        file="template_trainer/setup.py",
+        old="    distribution.split_cpu(config.cpu_devices)\n",
+        new="",
+        tests=("tests/mirrored_test.py",),
+    ),
 ]
