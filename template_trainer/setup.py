@@ -462,9 +462,15 @@ def make_train_steps(model, strategy, step, jit_compile):
     Keras's `steps_per_execution`, save a Python round trip per step.
     `jit_compile` compiles the step (not the loop: the iterator cannot be)
     with XLA.
+
+    The step is traced as Keras's `fit` traces it, without AutoGraph
+    (`do_not_convert`): `train_step`, the layers' `call` and Keras's own
+    code run as written, so a step that trains under `fit` trains here,
+    and no trainer start spends seconds rewriting Keras's source. Only the
+    loop around it is converted.
     """
     step_fn = (
-        tf.function(model.train_step, jit_compile=True)
+        tf.function(model.train_step, jit_compile=True, autograph=False)
         if jit_compile
         else model.train_step
     )
@@ -474,6 +480,7 @@ def make_train_steps(model, strategy, step, jit_compile):
             lambda v: strategy.experimental_local_results(v)[0], logs
         )
 
+    @tf.autograph.experimental.do_not_convert
     def one_step(iterator):
         batch = distribution.split_batch(strategy, next(iterator))
         return strategy.run(step_fn, args=(batch,))
@@ -500,12 +507,17 @@ def make_evaluate(model, strategy, dataset):
     """Returns `evaluate()`, a `tf.function` that runs `model.test_step`
     over one pass of `dataset` on every replica, updating the model's
     metrics. (It closes over the dataset: as an argument, each call would
-    trace it again.)"""
+    trace it again.) `test_step` is traced without AutoGraph, as in
+    `make_train_steps`."""
     dataset = strategy.experimental_distribute_dataset(dataset)
+
+    @tf.autograph.experimental.do_not_convert
+    def test_step(batch):
+        strategy.run(model.test_step, args=(batch,))
 
     @tf.function
     def evaluate():
         for batch in dataset:
-            strategy.run(model.test_step, args=(batch,))
+            test_step(batch)
 
     return evaluate

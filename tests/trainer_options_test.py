@@ -139,6 +139,43 @@ def _weights(model):
     return [v.numpy() for v in model.trainable_variables]
 
 
+def test_steps_are_traced_without_autograph_as_fit_traces_them(monkeypatch):
+    """Keras's `fit` traces `train_step` and `test_step` without AutoGraph;
+    the trainer's loops do too (converting Keras's source cost each start
+    seconds). Each step records the AutoGraph status it is traced under."""
+    # No public getter for the status: TensorFlow's own module for it.
+    from tensorflow.python.autograph.core import ag_ctx
+
+    import models
+
+    seen = []
+    for name in ("train_step", "test_step"):
+        original = getattr(models.CustomModel, name)
+
+        def recording(self, data, original=original, name=name):
+            seen.append((name, ag_ctx.control_status_ctx().status))
+            return original(self, data)
+
+        monkeypatch.setattr(models.CustomModel, name, recording)
+    run = _run()
+    run.train_steps(run.iterator, 1)
+    batch = (np.zeros((4, 8, 8, 1), "float32"), np.zeros(4, "int64"))
+    dataset = tf.data.Dataset.from_tensor_slices(batch).batch(2)
+    setup.make_evaluate(run.model, tf.distribute.get_strategy(), dataset)()
+    ours = dict(seen)
+    seen.clear()
+    run.model.fit(*batch, epochs=1, verbose=0)
+    run.model.evaluate(*batch, verbose=0)
+    assert (
+        dict(seen)
+        == ours
+        == {
+            "train_step": ag_ctx.Status.DISABLED,
+            "test_step": ag_ctx.Status.DISABLED,
+        }
+    )
+
+
 def test_global_clipnorm_bounds_the_update():
     run = _run(learning_rate=1.0, global_clipnorm=1e-3)
     before = _weights(run.model)

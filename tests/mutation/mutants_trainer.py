@@ -186,4 +186,29 @@ MUTANTS = [
         new="",
         tests=("tests/mirrored_test.py",),
     ),
+    Mutant(
+        name="train-step-autograph-converted",
+        feature="the trainer traces train_step without AutoGraph, as fit does",
+        file="template_trainer/setup.py",
+        old="    @tf.autograph.experimental.do_not_convert\n"
+        "    def one_step(iterator):\n",
+        new="    def one_step(iterator):\n",
+        tests=(
+            "tests/trainer_options_test.py::"
+            "test_steps_are_traced_without_autograph_as_fit_traces_them",
+        ),
+    ),
+    Mutant(
+        name="test-step-autograph-converted",
+        feature="the trainer traces test_step without AutoGraph, as "
+        "evaluate does",
+        file="template_trainer/setup.py",
+        old="    @tf.autograph.experimental.do_not_convert\n"
+        "    def test_step(batch):\n",
+        new="    def test_step(batch):\n",
+        tests=(
+            "tests/trainer_options_test.py::"
+            "test_steps_are_traced_without_autograph_as_fit_traces_them",
+        ),
+    ),
 ]
