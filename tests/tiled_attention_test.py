@@ -1,5 +1,7 @@
 """`TiledCausalSelfAttention`: the plain layer's function and gradients,
-from tiles and a custom backward pass that recomputes them."""
+from tiles and a custom backward pass that recomputes them. (gradcheck's
+finite differences check it, masked, in every mode, as one of the cases
+of `python -m mylayers.gradcheck`: tests/gradcheck_cli_test.py.)"""
 
 import keras
 import numpy as np
@@ -67,18 +69,6 @@ def test_equals_plain_attention_in_outputs_and_gradients(
         for g, e in zip(got, expected):
             scale = np.abs(e).max()
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * scale)
-
-
-@pytest.mark.slow
-def test_gradcheck_in_every_mode():
-    """Slow (about 3 s): compiles the layer's gradients under XLA; the
-    fast lane compares them with plain attention's above."""
-    layer = mylayers.TiledCausalSelfAttention(1, tile_size=2)
-    x = np.random.default_rng(0).normal(size=(3, 3, 2))
-    # `mylayers.gradcheck` raises, with its table, if any row fails.
-    report = mylayers.gradcheck(layer, x, mask=MASK[:, 2:5])
-    modes = {row.mode for row in report.rows if row.status == "ok"}
-    assert modes == {"eager", "function", "jit"}
 
 
 def test_no_length_by_length_scores():
