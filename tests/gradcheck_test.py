@@ -195,7 +195,10 @@ def test_numpy_layer_skips_xla_and_second_order():
     }
 
 
+@pytest.mark.slow
 def test_model_and_projection_mode():
+    """Slow: a model at order 2 in three modes;
+    the fast lane checks projection mode on a broken layer."""
     inputs = keras.Input((3,))
     hidden = mylayers.RMSNorm(name="norm")(inputs)
     model = keras.Model(inputs, mylayers.Linear(2, name="out")(hidden))

@@ -92,7 +92,10 @@ def test_val_fraction_sizes_the_slice(tmp_path):
     assert (data.info.num_train, data.info.num_val) == (1442 - 357, 357)
 
 
+@pytest.mark.slow
 def test_train_stream_is_a_function_of_the_seed(tmp_path):
+    """Slow: 150 augmented batches from three
+    pipelines; the resume tests see the same property end to end."""
     first = [
         b[1].numpy() for b in _create(tmp_path, max_shift=1).train.take(50)
     ]

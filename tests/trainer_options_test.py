@@ -176,7 +176,10 @@ def test_steps_are_traced_without_autograph_as_fit_traces_them(monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_global_clipnorm_bounds_the_update():
+    """Slow: a run built for one step; the fast
+    lane checks the step's clipping against Keras's in train_step_test."""
     run = _run(learning_rate=1.0, global_clipnorm=1e-3)
     before = _weights(run.model)
     run.train_steps(run.iterator, 1)
