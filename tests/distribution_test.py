@@ -92,9 +92,7 @@ def single_device(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("single")
     config = default.get_config()
     config.deterministic = False
-    config.num_epochs = SHORT_SETTINGS["num_epochs"]
-    config.model.hidden_units = SHORT_SETTINGS["model.hidden_units"]
-    config.model.dropout = SHORT_SETTINGS["model.dropout"]
+    config.update_from_flattened_dict(SHORT_SETTINGS)
     template_trainer.train_and_evaluate(config, str(workdir))
     return workdir / "model.keras"
 
@@ -118,7 +116,7 @@ def _start_past_a_checkpoint(workdir):
     deadline = time.time() + 180
     while not latest_checkpoint_step(workdir):
         if time.time() > deadline:
-            pytest.fail("the workers wrote no new checkpoint: they hang")
+            pytest.fail("the workers wrote no checkpoint: they hang")
         for worker in workers:
             assert worker.poll() is None, worker.stderr.read()[-3000:]
         time.sleep(0.05)
