@@ -480,10 +480,12 @@ def make_train_steps(model, strategy, step, jit_compile):
             lambda v: strategy.experimental_local_results(v)[0], logs
         )
 
-    @tf.autograph.experimental.do_not_convert
+    # A function of its own, so that its two calls in `loop` trace the
+    # step once (as `fit` wraps its step in one).
+    @tf.function(autograph=False)
     def one_step(iterator):
         batch = distribution.split_batch(strategy, next(iterator))
-        return strategy.run(step_fn, args=(batch,))
+        return first_replica(strategy.run(step_fn, args=(batch,)))
 
     @tf.function
     def loop(iterator, num_steps):
@@ -492,7 +494,7 @@ def make_train_steps(model, strategy, step, jit_compile):
         for _ in tf.range(num_steps - 1):
             logs = one_step(iterator)
         step.assign_add(num_steps)
-        return first_replica(logs)
+        return logs
 
     def train_steps(iterator, num_steps):
         # A tensor: a Python int would trace the loop again for every new

@@ -190,9 +190,20 @@ MUTANTS = [
         name="train-step-autograph-converted",
         feature="the trainer traces train_step without AutoGraph, as fit does",
         file="template_trainer/setup.py",
-        old="    @tf.autograph.experimental.do_not_convert\n"
+        old="    @tf.function(autograph=False)\n    def one_step(iterator):\n",
+        new="    @tf.function\n    def one_step(iterator):\n",
+        tests=(
+            "tests/trainer_options_test.py::"
+            "test_steps_are_traced_without_autograph_as_fit_traces_them",
+        ),
+    ),
+    Mutant(
+        name="train-step-traced-twice",
+        feature="the trainer's loop traces train_step once, as fit does",
+        file="template_trainer/setup.py",
+        old="    @tf.function(autograph=False)\n    def one_step(iterator):\n",
+        new="    @tf.autograph.experimental.do_not_convert\n"
         "    def one_step(iterator):\n",
-        new="    def one_step(iterator):\n",
         tests=(
             "tests/trainer_options_test.py::"
             "test_steps_are_traced_without_autograph_as_fit_traces_them",
