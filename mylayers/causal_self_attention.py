@@ -133,19 +133,18 @@ class CausalSelfAttention(keras.layers.Layer):
         if cache is None:
             keys, values = key, value
         else:
-            # The new positions, padded to the cache's length, replace
-            # the old ones there: one fixed-shape op, so a compiled
-            # generation loop never changes shape.
-            length = tf.shape(cache)[3]
-            pad = [[0, 0], [0, 0], [index, length - index - tf.shape(key)[2]]]
-            pad.append([0, 0])
-            positions = tf.range(length)
-            written = (positions >= index) & (
-                positions < index + tf.shape(key)[2]
-            )
+            # The new positions replace the old ones there, spread to the
+            # cache's length by a gather: fixed shapes and no padding by
+            # a tensor, so a generation loop compiles (XLA included).
+            n = tf.shape(key)[2]
+            positions = tf.range(tf.shape(cache)[3])
+            written = (positions >= index) & (positions < index + n)
             written = written[None, None, :, None]
-            keys = tf.where(written, tf.pad(key, pad), cache[0])
-            values = tf.where(written, tf.pad(value, pad), cache[1])
+            spread = tf.clip_by_value(positions - index, 0, n - 1)
+            keys = tf.where(written, tf.gather(key, spread, axis=2), cache[0])
+            values = tf.where(
+                written, tf.gather(value, spread, axis=2), cache[1]
+            )
         # Query `index + i` sees keys at `index + i` and before; later
         # places hold nothing yet, or an older window's keys.
         queries = index + tf.range(tf.shape(query)[2])

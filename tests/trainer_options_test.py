@@ -169,13 +169,10 @@ def test_steps_are_traced_without_autograph_as_fit_traces_them(monkeypatch):
     run.model.fit(*batch, epochs=1, verbose=0)
     run.model.evaluate(*batch, verbose=0)
     assert seen == ours  # one trace of each step, in the same order
-    assert (
-        dict(seen)
-        == {
-            "train_step": ag_ctx.Status.DISABLED,
-            "test_step": ag_ctx.Status.DISABLED,
-        }
-    )
+    assert dict(seen) == {
+        "train_step": ag_ctx.Status.DISABLED,
+        "test_step": ag_ctx.Status.DISABLED,
+    }
 
 
 @pytest.mark.slow

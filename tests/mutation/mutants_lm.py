@@ -24,7 +24,8 @@ MUTANTS = [
         name="cache-not-updated",
         feature="call_cached writes the new keys and values at their index",
         file="mylayers/causal_self_attention.py",
-        old="keys = tf.where(written, tf.pad(key, pad), cache[0])",
+        old="keys = tf.where(written, tf.gather(key, spread, axis=2), "
+        "cache[0])",
         new="keys = cache[0]",
         tests=("tests/cached_generation_test.py",),
     ),
@@ -34,6 +35,15 @@ MUTANTS = [
         file="mylayers/causal_self_attention.py",
         old="query, key, value = self._heads(inputs, offset=index)",
         new="query, key, value = self._heads(inputs)",
+        tests=("tests/cached_generation_test.py",),
+    ),
+    Mutant(
+        name="cached-step-not-compiled",
+        feature="generation's cached step of one token is compiled by XLA",
+        file="models/sampling.py",
+        old="    @tf.function(jit_compile=True, autograph=False)\n"
+        "    def next_logits(",
+        new="    @tf.function(autograph=False)\n    def next_logits(",
         tests=("tests/cached_generation_test.py",),
     ),
     Mutant(
