@@ -184,10 +184,15 @@ class _Tiles:
             output = output * rescale + tf.matmul(weights, self.values[j])
             return j + 1, new_maximum, total, output
 
+        # One tile at a time: by default a while loop runs up to 10
+        # iterations at once, and each tile's scores depend on no carried
+        # value, so up to 10 tiles' scores would be alive together (the
+        # whole `length x length` at 1024 keys in tiles of 128).
         _, maximum, total, output = tf.while_loop(
             lambda j, *_: j < self.count,
             step,
             (tf.constant(0), maximum, total, output),
+            parallel_iterations=1,
         )
         # The log-sum-exp, `maximum + log(total)`, kept in its two parts:
         # in a row with no allowed key, -1e9 + log(n) rounds to -1e9.
@@ -221,6 +226,7 @@ class _Tiles:
             lambda j, *_: j < self.count,
             step,
             (tf.constant(0), d_query, self._array(), self._array()),
+            parallel_iterations=1,  # one tile at a time, as forward
         )
         return d_query, self._join(d_keys), self._join(d_values)
 

@@ -88,6 +88,28 @@ def test_no_length_by_length_scores():
     assert not [s for s in shapes if s[-2:] == (16, 16)]
 
 
+def test_tiles_are_computed_one_at_a_time():
+    """A while loop runs up to 10 iterations at once by default, and a
+    tile's scores depend on no value the loop carries: all the tiles of a
+    context up to 10 tiles long would be alive together, `length x
+    length` again. The forward and the backward loop run one at a time."""
+    tiled, _ = _pair(tile_size=4)
+    x = tf.random.stateless_normal((1, 16, 8), [0, 1])
+    step = tf.function(_outputs_and_gradients).get_concrete_function(
+        tiled, x, None
+    )
+    graph = step.graph.as_graph_def()
+    nodes = list(graph.node)
+    for function in graph.library.function:
+        nodes += function.node_def
+    loops = [
+        node.attr["parallel_iterations"].i
+        for node in nodes
+        if node.op in ("While", "StatelessWhile")
+    ]
+    assert loops == [1, 1]
+
+
 @pytest.mark.parametrize(
     "make, argument",
     [

@@ -55,6 +55,15 @@ MUTANTS = [
         tests=("tests/cached_generation_test.py",),
     ),
     Mutant(
+        name="tiled-tiles-in-parallel",
+        feature="the tiled backward pass recomputes one tile at a time",
+        file="mylayers/tiled_causal_self_attention.py",
+        old="            parallel_iterations=1,  # one tile at a time, as "
+        "forward\n",
+        new="",
+        tests=("tests/tiled_attention_test.py",),
+    ),
+    Mutant(
         name="tiled-no-rescale",
         feature="the online softmax rescales to the new running maximum",
         file="mylayers/tiled_causal_self_attention.py",
