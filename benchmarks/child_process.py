@@ -3,6 +3,7 @@ process per setting read at start-up, or per memory figure), handed back
 as one JSON line on stdout. Standard library only: the parent need not
 import TensorFlow."""
 
+import gc
 import json
 import subprocess
 import sys
@@ -31,3 +32,26 @@ def run(script, args, env):
     lines = completed.stdout.splitlines()
     line = [line for line in lines if line.startswith(PREFIX)][-1]
     return json.loads(line[len(PREFIX) :])
+
+
+def rss_status():
+    """{"VmRSS": KiB, "VmHWM": KiB} of this process (Linux)."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(line.split()[1])
+    return fields
+
+
+def peak_mib(call):
+    """MiB of peak RSS during `call()` above the RSS just before it. The
+    peak (VmHWM) is reset first through /proc/self/clear_refs (Linux >=
+    4.0)."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = rss_status()["VmRSS"]
+    call()
+    return (rss_status()["VmHWM"] - before) / 1024

@@ -55,7 +55,8 @@ def machine():
     return (
         f"{model}, {os.cpu_count()} cores, {' '.join(have)}; TensorFlow "
         f"{tf.__version__}, Keras {keras.__version__}, TF_ENABLE_ONEDNN_OPTS="
-        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}"
+        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}, "
+        f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}"
     )
 
 

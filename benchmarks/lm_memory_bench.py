@@ -55,7 +55,6 @@ ratio to `plain`.
 """
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -87,31 +86,6 @@ VARIANTS = {
     "checkpointed_eager": (True, "eager", None),
 }
 QUICK_VARIANTS = ["plain", "checkpointed"]
-
-
-def _status():
-    """{"VmRSS": KiB, "VmHWM": KiB} of this process."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key = line.split(":", 1)[0]
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(line.split()[1])
-    return fields
-
-
-def _reset_peak():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-
-
-def _measured(call):
-    """MiB of peak RSS above the RSS before `call()`."""
-    gc.collect()
-    _reset_peak()
-    before = _status()["VmRSS"]
-    call()
-    return (_status()["VmHWM"] - before) / 1024
 
 
 def schedule_check(config):
@@ -211,15 +185,15 @@ def child(name, config, steps):
         def call():
             float(train_steps(iterator, count)["loss"])
 
-    first = _measured(call)
-    steady = _measured(call)
+    first = child_process.peak_mib(call)
+    steady = child_process.peak_mib(call)
     child_process.report(
         {"first_mib": first, "steady_mib": steady, "rss_mib": _rss_mib()}
     )
 
 
 def _rss_mib():
-    return _status()["VmRSS"] / 1024
+    return child_process.rss_status()["VmRSS"] / 1024
 
 
 ALLOCATORS = {
