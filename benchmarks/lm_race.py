@@ -58,7 +58,6 @@ def _lr(config, step, total):
 
 def twin(epochs, launched, budget):
     import lm_common as common  # TensorFlow, for the run's data
-    import numpy as np
     import tensorflow as tf
 
     from template_trainer import setup
@@ -68,20 +67,7 @@ def twin(epochs, launched, budget):
     F = torch.nn.functional
     config = _config(epochs)
     run = setup.create_run(config, None, tf.distribute.get_strategy())
-    # The run's own batches: rebuild its val split as the trainer does.
-    from template_trainer.data import pipeline
-
-    val = pipeline.create_datasets(
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        download=config.download,
-        val_fraction=config.val_fraction,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        shuffle_buffer=config.shuffle_buffer,
-        seed=config.seed,
-        context_length=config.context_length,
-    ).val
+    val = run.val_data  # the trainer's own validation batches
     val = [(x.numpy(), y.numpy()) for x, y in val]
     shape = {
         "num_layers": config.model.num_layers,
@@ -152,7 +138,7 @@ def twin(epochs, launched, budget):
                 "records": records,
                 "seconds": time.time() - launched,
                 "steps": step,
-                "ms_per_step": 1e3 * float(np.mean(step_s)),
+                "ms_per_step": 1e3 * step_s,
             }
         ),
         flush=True,

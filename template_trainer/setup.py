@@ -55,6 +55,8 @@ class Run:
     best_metric: str
     # The data's shapes and sizes (a `DatasetInfo`), printed at the start.
     info: object = None
+    # The validation split that `evaluate_val` reads (one pass).
+    val_data: object = None
 
     @property
     def num_epochs(self):
@@ -157,6 +159,7 @@ def create_run(config, workdir, strategy):
         val_every_epochs=config.val_every_epochs,
         best_metric=config.best_metric,
         info=data.info,
+        val_data=val_data,
     )
 
 
