@@ -60,6 +60,8 @@ def _weights(workdir):
         model = keras.models.load_model(os.path.join(workdir, "model.keras"))
     finally:
         sys.path.remove(PROJECT)
+        # Another test's own `my_models` must not find this one imported.
+        sys.modules.pop("my_models", None)
     return model.get_weights()
 
 

@@ -162,6 +162,17 @@ def test_overfit_batches_repeats_the_same_batches(tmp_path):
     assert data.info.num_train == 64
 
 
+def test_training_data_has_no_autotuning_model(digits, tmp_path):
+    """The training iterator lives as long as its run, and TensorFlow 2.21
+    takes up to a minute to free one with tf.data's autotuning model
+    (`pipeline._for_training`): every kind of training stream is without
+    it. Evaluation iterators live for one evaluation and keep it."""
+    overfit = _create(tmp_path, overfit_batches=2)
+    for data in (digits, overfit):
+        assert data.train.options().autotune.enabled is False
+    assert digits.val.options().autotune.enabled is not False
+
+
 def test_missing_catalog_dataset_says_how_to_prepare(tmp_path):
     with pytest.raises(pipeline.DatasetUnavailableError) as error:
         _create(tmp_path, dataset="mnist")

@@ -165,6 +165,14 @@ def test_restored_iterator_continues_with_the_same_batches(tmp_path):
         np.testing.assert_array_equal(next(restored)[0].numpy(), batch)
 
 
+def test_training_windows_have_no_autotuning_model(text):
+    """As `input_pipeline_test.py`'s for images: the text's training stream,
+    counted windows, is freed at once when its run is dropped."""
+    overfit = _create(overfit_batches=2)
+    for data in (text, overfit):
+        assert data.train.options().autotune.enabled is False
+
+
 def test_overfit_batches_repeats_the_first_batches(text):
     data = _create(overfit_batches=2)
     assert data.info == dataclasses.replace(

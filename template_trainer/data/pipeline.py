@@ -155,6 +155,23 @@ def _random_shift(max_shift, seed):
     return shift
 
 
+def _for_training(dataset):
+    """`dataset` without tf.data's autotuning model.
+
+    In TensorFlow 2.21 an iterator's destructor waits for the autotuner's
+    thread, which sleeps until its next round (rounds grow to 60 s apart)
+    instead of waking at once: freeing an iterator that has run for a
+    minute or more blocks for up to a minute (seen: 32 and 37 s;
+    `benchmarks/iterator_teardown_bench.py`). The training iterator lives
+    as long as its run, and a notebook or test frees it when it drops the
+    run. Without the model, a parallel map runs on one thread per core (at
+    most 16) and prefetch buffers still size themselves; the default job
+    trains as fast (benchmarks/RESULTS.md)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def _evaluation(dataset, batch_size):
     options = tf.data.Options()
     # Several workers split an evaluation set by example: it may be a
@@ -432,7 +449,10 @@ def create_datasets(
             num_val=overfit_batches * batch_size,
         )
         return Datasets(
-            fixed.repeat().prefetch(tf.data.AUTOTUNE), fixed, test, info
+            _for_training(fixed.repeat().prefetch(tf.data.AUTOTUNE)),
+            fixed,
+            test,
+            info,
         )
     train = (
         train.cache()
@@ -455,7 +475,9 @@ def create_datasets(
     else:
         train = train.batch(batch_size, drop_remainder=True)
     train = train.prefetch(tf.data.AUTOTUNE)
-    return Datasets(train, _evaluation(val, eval_batch_size), test, info)
+    return Datasets(
+        _for_training(train), _evaluation(val, eval_batch_size), test, info
+    )
 
 
 def _text_streams(dataset, data_dir, val_fraction, context_length, seed):
@@ -546,10 +568,13 @@ def _text_datasets(
             num_val=overfit_batches * batch_size,
         )
         return Datasets(
-            fixed.repeat().prefetch(tf.data.AUTOTUNE), fixed, test, info
+            _for_training(fixed.repeat().prefetch(tf.data.AUTOTUNE)),
+            fixed,
+            test,
+            info,
         )
     return Datasets(
-        train.prefetch(tf.data.AUTOTUNE),
+        _for_training(train.prefetch(tf.data.AUTOTUNE)),
         _evaluation(evaluation["validation"], eval_batch_size),
         test,
         info,

@@ -103,4 +103,16 @@ MUTANTS = [
         new="",
         tests=DATA_TESTS,
     ),
+    Mutant(
+        name="training-data-autotuned",
+        feature="training streams go without tf.data's autotuning model, "
+        "whose thread TF 2.21 frees only at its next round (up to 60 s)",
+        file="template_trainer/data/pipeline.py",
+        old="    options.autotune.enabled = False\n",
+        new="",
+        tests=(
+            "tests/input_pipeline_test.py",
+            "tests/text_pipeline_test.py",
+        ),
+    ),
 ]
