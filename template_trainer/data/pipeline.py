@@ -8,6 +8,7 @@ into windows of characters, each target the window shifted by one.
 """
 
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -83,8 +84,34 @@ class Datasets:
     info: DatasetInfo
 
 
+# `_labels` by prepared dataset: a prepared TFDS directory is never
+# rewritten (a source of one's own is stored under its content's hash), and
+# reading the labels is most of the cost of building a run's data again in
+# the same process (a notebook, the tests).
+_LABELS = {}
+
+
 def _labels(builder, split, input_key):
-    """The labels of `split`, in order, without decoding the inputs."""
+    """The labels of `split`, in order, without decoding the inputs (read
+    once per prepared dataset and process; read-only)."""
+    splits_ = builder.info.splits
+    if split not in splits_ or not splits_[split].num_examples:
+        # Not a prepared split (`tfds.testing.mock_data`): read each time.
+        return _read_labels(builder, split, input_key)
+    key = (
+        os.path.realpath(builder.data_dir),
+        split,
+        splits_[split].num_examples,
+        input_key,
+    )
+    if key not in _LABELS:
+        labels = _read_labels(builder, split, input_key)
+        labels.setflags(write=False)
+        _LABELS[key] = labels
+    return _LABELS[key]
+
+
+def _read_labels(builder, split, input_key):
     decoders = None
     if isinstance(builder.info.features[input_key], tfds.features.Image):
         decoders = {input_key: tfds.decode.SkipDecoding()}
