@@ -55,3 +55,19 @@ def peak_mib(call):
     before = rss_status()["VmRSS"]
     call()
     return (rss_status()["VmHWM"] - before) / 1024
+
+
+def require_torch(script, no_torch_flag=False):
+    """torch, or a line saying it is missing and exit 2. PyTorch lives in
+    the benchmark venv only (`lm_speed_bench.py`'s docstring);
+    `no_torch_flag` says that `script` can run without it."""
+    try:
+        import torch
+    except ImportError:
+        hint = ", or pass --no-torch" if no_torch_flag else ""
+        print(
+            f"{script}: PyTorch is not installed in this venv; see "
+            f"lm_speed_bench.py's docstring for the benchmark venv{hint}."
+        )
+        sys.exit(2)
+    return torch

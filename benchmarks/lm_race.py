@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+import child_process
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -156,11 +158,7 @@ def main():
     if args.child:
         twin(args.epochs, args.launched, args.budget)
         return
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("lm_race: PyTorch is not installed in this venv.")
-        sys.exit(2)
+    child_process.require_torch("lm_race")
     workdir = args.workdir or tempfile.mkdtemp(prefix="race-")
     command = [
         sys.executable,

@@ -30,9 +30,9 @@ printed).
 import argparse
 import json
 import statistics
-import sys
 import time
 
+import child_process
 import lm_common as common  # sets KERAS_BACKEND before Keras loads
 import numpy as np
 
@@ -106,13 +106,13 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.length = 2, 20
-    torch = None if args.no_torch else common.import_torch()
-    if torch is None and not args.no_torch:
-        print(
-            "lm_sampling_bench: PyTorch is not installed in this venv; see "
-            "lm_speed_bench.py's docstring, or pass --no-torch."
+    torch = (
+        None
+        if args.no_torch
+        else child_process.require_torch(
+            "lm_sampling_bench", no_torch_flag=True
         )
-        sys.exit(2)
+    )
     prompt = encode(PROMPT)
     assert len(prompt) + args.length <= common.DEFAULT["context"]
     model = common.build_ours()

@@ -49,7 +49,6 @@ memory against the context.
 import argparse
 import json
 import os
-import sys
 
 import child_process
 
@@ -263,14 +262,7 @@ def main():
         else:
             child_memory(setting, args.variant, args.steps)
         return
-    try:
-        import torch  # noqa: F401  (only to say it is missing, here)
-    except ImportError:
-        print(
-            "lm_scaling_bench: PyTorch is not installed in this venv; see "
-            "lm_speed_bench.py's docstring for the benchmark venv."
-        )
-        sys.exit(2)
+    child_process.require_torch("lm_scaling_bench")
     names = args.only.split(",") if args.only else list(settings)
     script = os.path.abspath(__file__)
     results = {}

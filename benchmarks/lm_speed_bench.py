@@ -54,8 +54,8 @@ core: read its figures from quiet rounds.
 
 import argparse
 import json
-import sys
 
+import child_process
 import lm_common as common  # sets KERAS_BACKEND before Keras loads
 
 
@@ -78,14 +78,11 @@ def main():
     if args.quick:
         args.repeats, args.steps = 2, 2
 
-    torch = None if args.no_torch else common.import_torch()
-    if torch is None and not args.no_torch:
-        print(
-            "lm_speed_bench: PyTorch is not installed in this venv; install "
-            "torch==2.13.0 in a separate venv (see the docstring), or pass "
-            "--no-torch."
-        )
-        sys.exit(2)
+    torch = (
+        None
+        if args.no_torch
+        else child_process.require_torch("lm_speed_bench", no_torch_flag=True)
+    )
 
     import tensorflow as tf
 
