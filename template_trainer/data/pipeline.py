@@ -445,7 +445,7 @@ def create_datasets(
         DatasetUnavailableError: a catalog dataset cannot be had here.
     """
     if names.is_text(dataset):
-        return _text_datasets(
+        data = _text_datasets(
             dataset,
             data_dir,
             val_fraction,
@@ -455,6 +455,39 @@ def create_datasets(
             seed,
             overfit_batches,
         )
+    else:
+        data = _labeled_datasets(
+            dataset,
+            data_dir,
+            download,
+            val_fraction,
+            batch_size,
+            eval_batch_size,
+            shuffle_buffer,
+            seed,
+            max_shift,
+            overfit_batches,
+            label_column,
+            image_size,
+        )
+    return dataclasses.replace(data, train=_for_training(data.train))
+
+
+def _labeled_datasets(
+    dataset,
+    data_dir,
+    download,
+    val_fraction,
+    batch_size,
+    eval_batch_size,
+    shuffle_buffer,
+    seed,
+    max_shift,
+    overfit_batches,
+    label_column,
+    image_size,
+):
+    """`create_datasets` for a labelled dataset (images or feature rows)."""
     train, val, test, info = _labeled(
         dataset,
         data_dir,
@@ -476,10 +509,7 @@ def create_datasets(
             num_val=overfit_batches * batch_size,
         )
         return Datasets(
-            _for_training(fixed.repeat().prefetch(tf.data.AUTOTUNE)),
-            fixed,
-            test,
-            info,
+            fixed.repeat().prefetch(tf.data.AUTOTUNE), fixed, test, info
         )
     train = (
         train.cache()
@@ -502,9 +532,7 @@ def create_datasets(
     else:
         train = train.batch(batch_size, drop_remainder=True)
     train = train.prefetch(tf.data.AUTOTUNE)
-    return Datasets(
-        _for_training(train), _evaluation(val, eval_batch_size), test, info
-    )
+    return Datasets(train, _evaluation(val, eval_batch_size), test, info)
 
 
 def _text_streams(dataset, data_dir, val_fraction, context_length, seed):
@@ -595,13 +623,10 @@ def _text_datasets(
             num_val=overfit_batches * batch_size,
         )
         return Datasets(
-            _for_training(fixed.repeat().prefetch(tf.data.AUTOTUNE)),
-            fixed,
-            test,
-            info,
+            fixed.repeat().prefetch(tf.data.AUTOTUNE), fixed, test, info
         )
     return Datasets(
-        _for_training(train.prefetch(tf.data.AUTOTUNE)),
+        train.prefetch(tf.data.AUTOTUNE),
         _evaluation(evaluation["validation"], eval_batch_size),
         test,
         info,
