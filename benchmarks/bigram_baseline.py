@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 # Imports TensorFlow Datasets (and so TensorFlow: ~5 s) on the way.
-from python_docs_dataset.builder import (
+from template_trainer.data.python_docs.builder import (
     BLOCK_LENGTH,
     VOCABULARY,
     encode,

@@ -19,14 +19,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import models  # noqa: E402
-from python_docs_dataset.builder import (  # noqa: E402
+from template_trainer import setup  # noqa: E402
+from template_trainer.data.python_docs.builder import (  # noqa: E402
     BLOCK_LENGTH,
     VOCABULARY_SIZE,
     encode,
     read_corpus,
     split_of_block,
 )
-from template_trainer import setup  # noqa: E402
 
 DEFAULT = {
     "num_layers": 4,

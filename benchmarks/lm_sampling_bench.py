@@ -37,7 +37,7 @@ import lm_common as common  # sets KERAS_BACKEND before Keras loads
 import numpy as np
 
 import models.sampling
-from python_docs_dataset.builder import encode
+from template_trainer.data.python_docs.builder import encode
 
 PROMPT = "The list"
 TEMPERATURE = 0.8

@@ -64,7 +64,7 @@ def _parse_flags(argv):
 
 
 def _vocabulary(workdir):
-    """The vocabulary of the workdir's dataset: `python_docs_dataset`, or
+    """The vocabulary of the workdir's dataset: the bundled `python_docs`, or
     for `text:PATH` the one built from the file, kept in `data.json`."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
@@ -84,9 +84,9 @@ def _vocabulary(workdir):
             "configs/lm.py's)."
         )
     if names.source(dataset) is None:
-        import python_docs_dataset
+        from template_trainer.data import python_docs
 
-        return python_docs_dataset
+        return python_docs
     # text:PATH: the vocabulary built from the file, kept with the run.
     from template_trainer.data.vocabulary import Vocabulary
 

@@ -60,6 +60,28 @@ def test_digits_builds_offline_into_three_splits(digits):
     ]  # fmt: skip
 
 
+def test_data_dir_prepared_before_the_datasets_moved_still_loads(tmp_path):
+    """The bundled builders moved into `template_trainer.data`; a data
+    directory prepared before then names the old module in its
+    `dataset_info.json`, and is read as it is, not prepared again."""
+    first = _create(tmp_path)
+    (info_file,) = tmp_path.glob("digits/*/dataset_info.json")
+    info = info_file.read_text()
+    assert '"template_trainer.data.digits.builder"' in info
+    info_file.write_text(
+        info.replace(
+            "template_trainer.data.digits.builder", "digits_dataset.builder"
+        )
+    )
+    stored = {
+        p: p.stat().st_mtime_ns for p in info_file.parent.glob("*.tfrecord*")
+    }
+    assert stored
+    again = _create(tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    np.testing.assert_array_equal(_labels(again.test), _labels(first.test))
+
+
 def test_validation_is_a_stratified_slice_the_training_never_sees(digits):
     # A tenth of each class's 142-146 training examples.
     assert np.bincount(_labels(digits.val)).tolist() == [14] * 10

@@ -21,11 +21,10 @@ from run_helpers import (
 
 import models
 import mylayers
-import python_docs_dataset
 import template_trainer
 from models.sampling import generate
 from template_trainer import setup
-from template_trainer.data import pipeline
+from template_trainer.data import pipeline, python_docs
 
 
 @pytest.fixture(autouse=True)
@@ -59,9 +58,9 @@ def test_run_reports_bits_per_character(lm_run):
 def _unigram_bits(train, scored):
     """Bits per character of `scored` under the character frequencies of
     `train` (add-one smoothed): what a model that ignores context scores."""
-    counts = np.bincount(python_docs_dataset.encode(train), minlength=97)[1:]
+    counts = np.bincount(python_docs.encode(train), minlength=97)[1:]
     p = (counts + 1) / (counts + 1).sum()
-    ids = python_docs_dataset.encode(scored) - 1
+    ids = python_docs.encode(scored) - 1
     return float(-np.log2(p[ids]).mean())
 
 
@@ -81,7 +80,7 @@ def test_saved_model_loads_and_samples_by_seed(lm_run):
     model = keras.models.load_model(workdir / "model.keras")
     assert isinstance(model, models.TransformerLM)
     assert model.context_length == 64
-    prompt = python_docs_dataset.encode("The list ")
+    prompt = python_docs.encode("The list ")
 
     def sample(seed):
         return generate(model, prompt, 40, temperature=1.0, seed=seed)
@@ -105,9 +104,9 @@ def test_logits_depend_only_on_earlier_characters(fresh_lm):
     """The next character's logits at position t read ids 0..t: a model
     that saw later ones would score a low loss by copying, and sample
     nothing like its training."""
-    ids = python_docs_dataset.encode("for x in range(9)")[None, :16]
+    ids = python_docs.encode("for x in range(9)")[None, :16]
     changed = ids.copy()
-    changed[0, 10:] = python_docs_dataset.encode("#" * 6)
+    changed[0, 10:] = python_docs.encode("#" * 6)
     a, b = fresh_lm(ids).numpy(), fresh_lm(changed).numpy()
     np.testing.assert_array_equal(a[0, :10], b[0, :10])
     assert (np.abs(a[0, 10:] - b[0, 10:]).max(axis=-1) > 1e-4).all()
@@ -165,7 +164,7 @@ def test_temperature_zero_and_top_k_one_are_greedy(fresh_lm, use_cache):
     id at a time. Cached (the default for this model), 10 + 6 ids fill the
     context: past it the cache is refilled from the last 3/4 of the
     context instead of sliding by one (tests/cached_generation_test.py)."""
-    prompt = python_docs_dataset.encode("def main()")
+    prompt = python_docs.encode("def main()")
     length = 12 if use_cache is False else 6
     greedy = _greedy(fresh_lm, prompt, length)
 

@@ -8,7 +8,7 @@ import sys
 import time
 
 from configs import default, lm
-from python_docs_dataset import builder as python_docs
+from template_trainer.data.python_docs import builder as python_docs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Digits: 1,302 training examples after the validation slice, so 41 steps of

@@ -16,9 +16,9 @@ import pytest
 from run_helpers import REPO, same_threads_env, tiny_lm_config
 
 import models
-import python_docs_dataset
 from template_trainer import sample
 from template_trainer import workdir as workdir_guard
+from template_trainer.data import python_docs
 
 
 def _save_run(workdir, config, model_seeds=()):
@@ -74,7 +74,7 @@ def test_prints_the_prompt_and_its_continuation(lm_workdir, capsys):
     assert out.startswith("The list") and out.endswith("\n")
     text = out[len("The list") : -1]
     assert len(text) == 30
-    python_docs_dataset.encode(text)  # in the vocabulary: raises if not
+    python_docs.encode(text)  # in the vocabulary: raises if not
     assert f"30 characters from {lm_workdir}/best_model.keras in " in err
 
     _, again, _ = _sample(capsys, f"--workdir={lm_workdir}", *ARGS)

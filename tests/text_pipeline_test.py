@@ -14,10 +14,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from run_helpers import corpus_splits
 
-import python_docs_dataset
-from python_docs_dataset import builder as python_docs
 from template_trainer.data import pipeline
 from template_trainer.data import text as text_source
+from template_trainer.data.python_docs import builder as python_docs
 
 
 def _create(context_length=64, batch_size=8, seed=0, **overrides):
@@ -101,12 +100,12 @@ def test_evaluation_windows_are_the_split_text_in_order(text, splits, split):
     assert ids.dtype == np.int32 and ids.min() >= 1 and ids.max() <= 96
     expected = splits["validation" if split == "val" else "test"]
     # Consecutive, non-overlapping windows: the text, less its tail.
-    decoded = python_docs_dataset.decode(ids)
+    decoded = python_docs.decode(ids)
     assert decoded == expected[: len(decoded)]
     assert len(expected) - 64 <= len(decoded) < len(expected)
     # Each target is the next character: the same text, one later.
     next_text = expected[1 : len(ids) * 64 + 1]
-    assert python_docs_dataset.decode(targets) == next_text
+    assert python_docs.decode(targets) == next_text
 
 
 def test_training_windows_are_training_text_and_its_next_characters(
@@ -116,7 +115,7 @@ def test_training_windows_are_training_text_and_its_next_characters(
         assert ids.shape == targets.shape == (8, 64)
         np.testing.assert_array_equal(ids[:, 1:], targets[:, :-1])
         for row_ids, row_targets in zip(ids, targets):
-            window = python_docs_dataset.decode(
+            window = python_docs.decode(
                 np.concatenate([row_ids, row_targets[-1:]])
             )
             assert window in splits["train"]

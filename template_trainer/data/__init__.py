@@ -11,6 +11,8 @@ pipelines in three splits (train, validation, test).
 - `store`: a source converted once, cached under `data_dir` by content.
 - `vocabulary`: the characters of a text source, as ids.
 - `problems`: `DataError`, bad data in one line.
+- `digits/`, `python_docs/`: the bundled datasets, as TFDS builders named
+  `digits` and `python_docs`, with their files and attribution.
 
 This package imports nothing heavy itself: `names` and `vocabulary` load
 without TensorFlow, so a config is checked before TensorFlow starts.

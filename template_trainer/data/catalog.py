@@ -7,10 +7,12 @@ import urllib.parse
 
 import tensorflow_datasets as tfds
 
-# Importing the packages registers the bundled builders with TFDS.
-import digits_dataset  # noqa: F401
-import python_docs_dataset  # noqa: F401
-from template_trainer.data import names, store
+from template_trainer.data import (
+    digits,  # noqa: F401  (importing it registers the builder with TFDS)
+    names,
+    python_docs,  # noqa: F401  (the same)
+    store,
+)
 from template_trainer.data.problems import DatasetUnavailableError
 
 

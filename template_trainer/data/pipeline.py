@@ -14,11 +14,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import python_docs_dataset
 from template_trainer.data import (
     catalog,
     image_folder,
     names,
+    python_docs,
     splits,
     store,
     tabular,
@@ -541,10 +541,10 @@ def _text_streams(dataset, data_dir, val_fraction, context_length, seed):
     if own is None:
         builder = catalog.prepare(dataset, data_dir, download=False)
         streams = {
-            split: python_docs_dataset.encode(text.stored_text(builder, split))
+            split: python_docs.encode(text.stored_text(builder, split))
             for split in ("train", "validation", "test")
         }
-        return streams, python_docs_dataset.VOCABULARY_SIZE, "", ""
+        return streams, python_docs.VOCABULARY_SIZE, "", ""
     key = text.content_key(own.path)
     builder = store.cached("text", key, data_dir)
     if builder is None:

@@ -12,7 +12,7 @@ PAD_ID = 0
 class Vocabulary:
     """Id 0 pads; ids 1.. are `characters`, in their order.
 
-    The interface of `python_docs_dataset`'s vocabulary module:
+    The interface of the bundled `template_trainer.data.python_docs`:
     `VOCABULARY`, `VOCABULARY_SIZE`, `encode`, `decode`.
     """
 

@@ -115,4 +115,21 @@ MUTANTS = [
             "tests/text_pipeline_test.py",
         ),
     ),
+    Mutant(
+        name="bundled-data-file-not-installed",
+        feature="the bundled datasets' files travel in the wheel",
+        file="pyproject.toml",
+        old='"template_trainer.data.digits" = ["digits.csv.gz", "README.md"]',
+        new='"template_trainer.data.digits" = ["README.md"]',
+        tests=("tests/packaging_test.py",),
+    ),
+    Mutant(
+        name="trainer-subpackages-not-installed",
+        feature="the trainer package is installed with its subpackages, "
+        "the bundled datasets among them",
+        file="pyproject.toml",
+        old='  "template_trainer*",',
+        new='  "template_trainer",',
+        tests=("tests/packaging_test.py",),
+    ),
 ]

@@ -3,6 +3,6 @@
 Importing this package registers the builder, so `tfds.load("digits")` works.
 """
 
-from digits_dataset.builder import Digits
+from template_trainer.data.digits.builder import Digits
 
 __all__ = ["Digits"]

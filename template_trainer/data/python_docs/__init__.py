@@ -4,7 +4,7 @@ Importing this package registers the builder, so `tfds.load("python_docs")`
 works, and gives the character vocabulary (`encode`, `decode`).
 """
 
-from python_docs_dataset.builder import (
+from template_trainer.data.python_docs.builder import (
     PAD_ID,
     VOCABULARY,
     VOCABULARY_SIZE,

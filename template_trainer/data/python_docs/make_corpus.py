@@ -6,7 +6,7 @@ Sphinx build of the Python 3.11 documentation keeps under `_sources/`, as in
 Debian's `python3.11-doc` package:
 
   apt-get download python3.11-doc && dpkg-deb -x python3.11-doc_*.deb doc
-  python python_docs_dataset/make_corpus.py \
+  python template_trainer/data/python_docs/make_corpus.py \
       doc/usr/share/doc/python3.11/html/_sources
 
 The markup is thinned to read as plain text (roles such as
