@@ -1,6 +1,5 @@
 """`CustomModel`: a `keras.Model` whose training step is written out."""
 
-import functools
 import json
 import os
 import warnings
@@ -8,45 +7,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from models import step_parts
-from models.step_state import StepState, check_options, set_accumulation
-
-
-def _is_functional_call(args, kwargs):
-    """Keras's rule for `Model(inputs, outputs)`-style arguments."""
-    return (
-        len(args) == 2
-        or (len(args) == 1 and "outputs" in kwargs)
-        or ("inputs" in kwargs and "outputs" in kwargs)
-    )
-
-
-@functools.cache
-def _functional_base():
-    """Keras's Functional model class (private, so found through a model)."""
-    tensor = keras.Input((1,))
-    return type(keras.Model(tensor, tensor))
-
-
-@functools.cache
-def _functional_twin(cls):
-    """`cls` with Keras's Functional class mixed in.
-
-    `keras.Model(inputs, outputs)` on a subclass makes it Functional by
-    rewriting the `__bases__` of every class up to `keras.Model`, for good:
-    after one Functional `CustomModel`, a subclassed one breaks. Building
-    Functional instances from this twin instead leaves `cls` untouched.
-    """
-    twin = type(
-        cls.__name__,
-        (cls, _functional_base()),
-        {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
-    )
-    # Saved models name the twin as they would name `cls`.
-    package, _, name = keras.saving.get_registered_name(cls).rpartition(">")
-    if package:
-        keras.saving.register_keras_serializable(package, name)(twin)
-    return twin
+from models import functional, step_extras
 
 
 def _batch_size(x):
@@ -112,15 +73,13 @@ class CustomModel(keras.Model):
     """
 
     def __init__(self, *args, **kwargs):
-        if _is_functional_call(args, kwargs):
-            functional = _functional_base()
-            if not isinstance(self, functional):
-                self.__class__ = _functional_twin(type(self))
-            functional.__init__(self, *args, **kwargs)
-        else:
-            super().__init__(*args, **kwargs)
+        # Functional (`CustomModel(inputs, outputs)`) or subclassed, without
+        # Keras's rewriting of the class (functional.py says why).
+        functional.init_functional_or_subclassed(
+            self, CustomModel, args, kwargs
+        )
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._step_state = StepState()
+        self.step_extras = step_extras.StepExtras()
         # What the model's outputs mean, when the data says: the class of
         # each logit, or the characters of a text model's ids (see
         # `save_assets`). The trainer sets them from the dataset.
@@ -195,15 +154,8 @@ class CustomModel(keras.Model):
                 trainable variables the loss does not reach.
             **kwargs: `keras.Model.compile` keyword arguments.
         """
-        check_options(
-            global_clipnorm,
-            gradient_accumulation_steps,
-            max_consecutive_non_finite,
-            missing_gradients,
-        )
-        super().compile(*args, **kwargs)
-        set_accumulation(self.optimizer, gradient_accumulation_steps)
-        self._step_state = StepState(
+        # Made (and its options checked) before Keras's compile runs.
+        extras = step_extras.StepExtras(
             global_clipnorm=global_clipnorm,
             gradient_accumulation_steps=gradient_accumulation_steps,
             max_consecutive_non_finite=max_consecutive_non_finite,
@@ -212,11 +164,16 @@ class CustomModel(keras.Model):
             missing_gradients=missing_gradients,
             trainable_variables=self.trainable_variables,
         )
+        super().compile(*args, **kwargs)
+        step_extras.set_accumulation(
+            self.optimizer, gradient_accumulation_steps
+        )
+        self.step_extras = extras
 
     def get_compile_config(self):
         config = super().get_compile_config()
         if config:
-            config.update(self._step_state.config)
+            config.update(self.step_extras.config)
         return config
 
     def compile_from_config(self, config):
@@ -229,14 +186,14 @@ class CustomModel(keras.Model):
     @property
     def step_state(self):
         """The step's `tf.Variable`s by name (see the class docstring)."""
-        return dict(self._step_state.variables)
+        return dict(self.step_extras.variables)
 
     @property
     def non_finite_counters(self):
         """The non-finite guard's `tf.Variable`s, for checkpoints:
         `(non_finite_steps, consecutive_non_finite)`, or `()` when
         `max_consecutive_non_finite` is off."""
-        return self._step_state.non_finite_counters
+        return self.step_extras.non_finite_counters
 
     @property
     def metrics(self):
@@ -271,17 +228,16 @@ class CustomModel(keras.Model):
         )
 
     def train_step(self, data):
-        """Keras's step, with these differences.
+        """One step: Keras's, with `compile`'s extras (step_extras.py).
 
         - The loss tracker is ours and is fed after the tape (Keras feeds
           its own, inside the tape); the logged value is the same.
         - Variables the loss does not reach raise (Keras warns), unless
           `compile(missing_gradients="warn")`.
-        - What `compile`'s options add: norms and clipping of the unscaled,
-          all-reduced gradients, and the non-finite guard around `apply`.
+        - With `max_consecutive_non_finite`, a non-finite step applies
+          nothing and updates no metric; call `check_non_finite()` after
+          the step in a loop of your own (`fit` does).
         """
-        state = self._step_state
-        # Unpack: (x,), (x, y) or (x, y, sample_weight).
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # Forward pass and loss, recorded by the tape. `scale_loss` multiplies
         # by the loss scale under mixed_float16 (identity otherwise); the
@@ -293,57 +249,33 @@ class CustomModel(keras.Model):
             )
             scaled_loss = self.optimizer.scale_loss(loss)
         # Backward pass: the tape derives every gradient.
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        step_parts.check_missing_gradients(
-            gradients, variables, state.missing_gradients
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        # What compile asked for: missing gradients checked, clipping, norms.
+        extras = self.step_extras
+        gradients, variables, logs = extras.prepare(
+            self.optimizer, gradients, self.trainable_variables
         )
-        gradients, variables = zip(
-            *[(g, v) for g, v in zip(gradients, variables) if g is not None]
-        )
-        # Under a strategy, loss scaling must skip or apply on every replica
-        # alike: it then decides from the gradients' mean over replicas.
-        mean = step_parts.needs_agreed_gradients(self.optimizer)
-        if mean:
-            gradients = step_parts.mean_over_replicas(gradients)
-        # Norms and clipping, as `compile` asked.
-        gradients, logs = state.clip_and_measure(
-            self.optimizer, gradients, variables, mean
-        )
-
-        def apply(gradients):
-            self.optimizer.apply(gradients, variables)
+        # Update the weights (unless the non-finite guard skips the step),
+        # then the metrics.
+        applied = extras.apply(self.optimizer, loss, gradients, variables, logs)
 
         def update_metrics():
             return self._update_metrics(loss, x, y, y_pred, sample_weight)
 
-        if state.max_consecutive_non_finite:
-            # Apply unless non-finite; a skipped step updates no metric
-            # either, or its NaN loss would make the epoch's mean loss NaN.
-            finite, guard_logs = state.guarded_apply(
-                self.optimizer, loss, gradients, apply
-            )
-            metrics = tf.cond(finite, update_metrics, self._metric_results)
-            logs.update(guard_logs)
-        else:
-            # Apply, as Keras does, and update the metrics.
-            apply(gradients)
-            metrics = update_metrics()
+        if applied is None:
+            return {**update_metrics(), **logs}
+        # A skipped step updates no metric: its NaN loss would make the
+        # epoch's mean loss NaN.
+        metrics = tf.cond(applied, update_metrics, self._metric_results)
         return {**metrics, **logs}
 
     def make_train_function(self, force=False):
-        """Keras's, plus the non-finite check where XLA drops the step's.
-
-        XLA compiles `tf.debugging` asserts away, so under `jit_compile`
-        `fit` checks the counter after each call instead.
-        """
+        """Keras's, then the non-finite check after each call (`fit`)."""
         if self.train_function is not None and not force:
             return self.train_function
         super().make_train_function(force)
         train_function = self.train_function
-        if not (
-            self._step_state.max_consecutive_non_finite and self.jit_compile
-        ):
+        if not self.step_extras.max_consecutive_non_finite:
             return train_function
 
         def checked_train_function(iterator):
@@ -355,16 +287,14 @@ class CustomModel(keras.Model):
         return checked_train_function
 
     def check_non_finite(self):
-        """Raises if the last steps reached `max_consecutive_non_finite`.
-
-        The step itself raises `tf.errors.InvalidArgumentError` with the same
-        message, except under XLA; loops that run the step under XLA call
-        this after each call.
+        """Raises if `max_consecutive_non_finite` steps in a row were not
+        finite: the one place the guard reports it. `fit` and the trainer
+        call it after each call of the step function.
 
         Raises:
             FloatingPointError: `consecutive_non_finite` reached the limit.
         """
-        self._step_state.check_non_finite()
+        self.step_extras.check_non_finite()
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -396,7 +326,7 @@ class CustomModel(keras.Model):
         # undo that so the logged loss is the per-example mean, weighted by
         # batch size like Keras's own tracker. On one replica the graph is
         # then op for op Keras's, with no multiplication by 1.
-        replicas = step_parts.replicas()
+        replicas = step_extras.replicas()
         if replicas > 1:
             loss = loss * replicas
         self.loss_tracker.update_state(loss, sample_weight=_batch_size(x))

@@ -15,8 +15,6 @@ import sys
 import threading
 import time
 
-import tensorflow as tf
-
 from template_trainer import (
     cluster,
     config_checks,
@@ -253,19 +251,11 @@ def _train_steps(run, epoch_end):
         num_steps = min(num_steps, next_save - current)
     start = time.perf_counter()
     run.model.reset_metrics()
+    logs = run.train_steps(run.iterator, num_steps)
     try:
-        logs = run.train_steps(run.iterator, num_steps)
-        run.model.check_non_finite()  # The step's own check skips XLA.
+        run.model.check_non_finite()
     except FloatingPointError as e:
         raise TrainingDivergedError(str(e)) from None
-    except tf.errors.InvalidArgumentError:
-        # An assert failed inside the graph: the guard's counter says
-        # whether it was the guard's.
-        try:
-            run.model.check_non_finite()
-        except FloatingPointError as e:
-            raise TrainingDivergedError(str(e)) from None
-        raise
     logs = {k: float(v) for k, v in logs.items()}
     logs.update(_metric_results(run.model))
     logs["steps/s"] = num_steps / (time.perf_counter() - start)

@@ -94,7 +94,7 @@ def test_upstream_bug_keras_step_applies_one_replicas_overflow(
     CustomModel's step decides from the mean gradient over replicas."""
     _upstream_bug_still_present(
         mirrored_report["keras_overflow_weights_finite"] is False,
-        "step_parts.needs_agreed_gradients / mean_over_replicas: Keras's "
+        "step_extras.needs_agreed_gradients and the mean in prepare: Keras's "
         "own step now skips one replica's overflow on all of them",
     )
 

@@ -135,7 +135,7 @@ MUTANTS = [
     Mutant(
         name="step-clipnorm-ignored",
         feature="compile(global_clipnorm=) clips the global norm",
-        file="models/step_state.py",
+        file="models/step_extras.py",
         old="gradients = [g * tf.cast(factor, g.dtype) for g in gradients]",
         new="gradients = list(gradients)",
         tests=("tests/train_step_test.py",),
@@ -144,7 +144,7 @@ MUTANTS = [
         name="step-no-accumulation",
         feature="compile(gradient_accumulation_steps=k) updates once per "
         "k steps",
-        file="models/step_state.py",
+        file="models/step_extras.py",
         old="    if steps is None:\n        return\n",
         new="    return\n",
         tests=("tests/train_step_test.py",),
@@ -152,7 +152,7 @@ MUTANTS = [
     Mutant(
         name="step-missing-gradients-silent",
         feature="variables with no gradient raise",
-        file="models/step_parts.py",
+        file="models/step_extras.py",
         old='if mode == "raise" or len(missing) == len(variables):',
         new="if False:",
         tests=("tests/train_step_test.py",),
@@ -160,18 +160,44 @@ MUTANTS = [
     Mutant(
         name="guard-loss-only",
         feature="the non-finite guard checks the loss and the gradients",
-        file="models/step_state.py",
-        old="finite = step_parts.is_finite(loss, () if scaled else gradients)",
-        new="finite = step_parts.is_finite(loss, ())",
+        file="models/step_extras.py",
+        old="finite = is_finite(loss, () if scaled else gradients)",
+        new="finite = is_finite(loss, ())",
         tests=("tests/non_finite_guard_test.py",),
     ),
     Mutant(
         name="guard-never-stops",
         feature="the guard stops after max_consecutive_non_finite steps",
-        file="models/step_state.py",
-        old="new_run = (run + bad) * bad",
-        new="new_run = run * 0",
+        file="models/step_extras.py",
+        old="(run + bad) * bad",
+        new="run * 0",
         tests=("tests/train_step_test.py",),
+    ),
+    Mutant(
+        name="guard-resumes-after-limit",
+        feature="the guard stops for good at its limit, so a check after "
+        "the loop call still sees it",
+        file="models/step_extras.py",
+        old="going = run < self.max_consecutive_non_finite",
+        new="going = tf.constant(True)",
+        tests=("tests/train_step_test.py",),
+    ),
+    Mutant(
+        name="fit-never-checks-guard",
+        feature="fit reports the guard's limit after each call",
+        file="models/custom_model.py",
+        old="        if not self.step_extras.max_consecutive_non_finite:\n"
+        "            return train_function",
+        new="        if True:\n            return train_function",
+        tests=("tests/train_step_test.py",),
+    ),
+    Mutant(
+        name="trainer-never-checks-guard",
+        feature="the trainer stops a diverging run with the guard's message",
+        file="template_trainer/loop.py",
+        old="        run.model.check_non_finite()\n",
+        new="        pass\n",
+        tests=("tests/train_test.py",),
     ),
     # The trainer's state, selection and metrics
     Mutant(
