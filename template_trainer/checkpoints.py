@@ -17,7 +17,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from template_trainer import distribution, errors
+from template_trainer import distribution, errors, upstream
 
 CHECKPOINTS = "checkpoints"
 BEST = "best_checkpoint"
@@ -171,7 +171,7 @@ class Checkpoints:
                     path
                 ).assert_existing_objects_matched()
             except _RESTORE_FAILURES as e:
-                if "incompatible tensor with shape" in str(e):
+                if upstream.is_shape_mismatch(e):
                     # TensorFlow has no type for it. Not damage: every
                     # checkpoint of the run has these shapes.
                     raise CheckpointMismatchError(

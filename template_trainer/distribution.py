@@ -7,12 +7,11 @@ across its replicas, and Keras losses divide by the replica count.
 import contextlib
 import json
 import os
-import re
 import signal
 
 import tensorflow as tf
 
-from template_trainer import cluster, errors
+from template_trainer import cluster, errors, upstream
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -235,13 +234,7 @@ def peers_watched(strategy):
     except _COLLECTIVE_ERRORS as e:
         resolver = strategy.cluster_resolver
         me = f"/job:{resolver.task_type}/replica:0/task:{resolver.task_id}"
-        # TensorFlow names the failed peer as "reported from /job:x/task:n"
-        # when it knows it; otherwise take the tasks named, other than us.
-        named = re.findall(r"reported from (/job:\w+/task:\d+)", str(e))
-        if not named:
-            tasks = re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e))
-            named = [t for t in tasks if t != me]
-        who = ", ".join(sorted(set(named))) or "a peer worker"
+        who = ", ".join(upstream.peers_named(e, me)) or "a peer worker"
         summary = str(e).strip().splitlines()[0][:200]
         raise WorkerLostError(
             f"lost contact with {who} ({type(e).__name__}: {summary}). "

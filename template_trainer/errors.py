@@ -6,8 +6,9 @@ subclass's `exit_code`. No module reads another's message text.
 """
 
 import contextlib
-import re
 import sys
+
+from template_trainer import upstream
 
 
 class RunError(Exception):
@@ -91,10 +92,7 @@ def _reason(error):
     where it puts the OS's ("... No space left on device")."""
     if isinstance(error, OSError):
         return error.strerror or str(error)
-    message = " ".join(error.message.split())
-    # Drop TensorFlow's op wrappers: "{{function_node ...}} " and " [Op:X]".
-    message = re.sub(r"\{\{[^}]*\}\}\s*", "", message)
-    message = re.sub(r"\s*\[Op:\w+\]$", "", message)
+    message = upstream.without_op_wrappers(" ".join(error.message.split()))
     if len(message) > 160:
         message = "..." + message[-157:]
     return f"{type(error).__name__}: {message}"

@@ -12,10 +12,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# oneDNN's kernels unless the user chose (why: mylayers/_onednn.py).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+from template_trainer import command_line
+
+# Before anything imports TensorFlow, as train.py.
+command_line.set_process_defaults()
 
 from absl import app, flags  # noqa: E402
 
@@ -45,22 +45,9 @@ class SampleError(Exception):
 
 
 def _parse_flags(argv):
-    """absl's own parser prints two lines and exits 1 (for `--length=abc`,
-    a missing `--workdir`, ...); this prints one line and exits 2, as
-    `train.py` does."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        message = " ".join(str(e).split())
-        for python_says, expected in (
-            (": invalid literal for int()", "an integer"),
-            (": could not convert string to float", "a number"),
-        ):
-            if python_says in message:
-                message = message.split(python_says, 1)[0]
-                message += f": expected {expected}."
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    """absl's parser, with its errors in one line, exit 2, as `train.py`'s
+    (`command_line.parse_flags`)."""
+    return command_line.parse_flags(FLAGS, argv)
 
 
 def _vocabulary(workdir):

@@ -25,6 +25,7 @@ from template_trainer import (
     distribution,
     errors,
     optimizers,
+    schema,
     summaries,
 )
 from template_trainer import workdir as workdir_guard
@@ -92,9 +93,9 @@ def create_run(config, workdir, strategy):
         seed=config.seed,
         max_shift=config.max_shift,
         overfit_batches=config.overfit_batches,
-        context_length=config.context_length,
-        label_column=config.get("label_column", "label"),
-        image_size=config.get("image_size", 0),
+        context_length=schema.value(config, "context_length"),
+        label_column=schema.value(config, "label_column"),
+        image_size=schema.value(config, "image_size"),
     )
     config_checks.check_fits(
         config.batch_size,
@@ -181,18 +182,18 @@ def compiled_model(config, info, strategy, total_steps):
         model = _create_model(config.model, info)
         # With accumulation the optimizer updates once per k steps.
         updates = total_steps // config.gradient_accumulation_steps
-        accumulation = config.gradient_accumulation_steps
         model.compile(
             optimizer=_create_optimizer(config, updates),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=_metrics(info),
             # The config's "off" values (0, 1) are compile's None.
-            global_clipnorm=config.global_clipnorm or None,
-            gradient_accumulation_steps=accumulation
-            if accumulation > 1
-            else None,
-            max_consecutive_non_finite=config.max_consecutive_non_finite
-            or None,
+            global_clipnorm=schema.value(config, "global_clipnorm"),
+            gradient_accumulation_steps=schema.value(
+                config, "gradient_accumulation_steps"
+            ),
+            max_consecutive_non_finite=schema.value(
+                config, "max_consecutive_non_finite"
+            ),
             log_grad_norm=config.log_grad_norm,
             layer_grad_norms=config.layer_grad_norms,
             missing_gradients=config.missing_gradients,

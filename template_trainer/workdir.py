@@ -5,30 +5,11 @@ import fcntl
 import json
 import os
 
-from template_trainer import errors
+from template_trainer import errors, schema
 
-# Changing these leaves the computation as it was (the run's length, how
-# often it saves and logs, how many checkpoints it keeps), so a resumed run
-# may.
-CHANGEABLE_FIELDS = (
-    "num_epochs",
-    "checkpoint_every_secs",
-    "checkpoint_every_steps",
-    "max_checkpoints_to_keep",
-    "steps_per_loop",
-    # When to give up on a run that stopped improving, not what it computes.
-    "early_stopping_patience",
-)
 # A field every config.json has had since the validation split; one
 # without it comes from an older trainer.
 _VALIDATION_FIELD = "val_fraction"
-# Fields added since, with the value a run saved before them had in effect:
-# such a run resumes as it was (image runs never read `context_length`).
-_ADDED_FIELDS = {
-    "context_length": 128,
-    "label_column": "label",
-    "image_size": 0,
-}
 
 
 class WorkdirError(errors.RunError):
@@ -154,12 +135,16 @@ def _flatten(tree, prefix=""):
 def config_differences(saved, current):
     """Lists `field: saved -> current` for every field that differs."""
     old, new = _flatten(saved), _flatten(current)
-    for key, value in _ADDED_FIELDS.items():
+    # A run saved before a field existed resumes as it was.
+    for key, value in schema.value_before_it_existed().items():
         old.setdefault(key, value)
+    # The fields that leave the computation as it was (the run's length,
+    # how often it saves and logs) may change.
+    changeable = schema.changeable()
     return [
         f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
         for key in sorted(set(old) | set(new))
-        if key not in CHANGEABLE_FIELDS and old.get(key) != new.get(key)
+        if key not in changeable and old.get(key) != new.get(key)
     ]
 
 
@@ -170,7 +155,7 @@ def check_config(workdir, config_json, allow_change, has_checkpoint):
         workdir: The run's directory.
         config_json: The resolved config as a JSON string.
         allow_change: Resume even if fields other than
-            `CHANGEABLE_FIELDS` differ.
+            `schema.changeable()` differ.
         has_checkpoint: Whether the workdir holds a checkpoint. Without one
             there is nothing to resume (a run that failed before its first
             save), so any config may start afresh.

@@ -9,7 +9,7 @@ from run_helpers import tiny_config
 
 import template_trainer
 from configs import default
-from template_trainer import config_checks, workdir
+from template_trainer import config_checks, schema, workdir
 
 BAD = [
     (
@@ -201,17 +201,15 @@ def test_names_kept_without_tensorflow_are_those_the_modules_use():
     from mylayers import checks
     from template_trainer import distribution, optimizers
 
-    assert sorted(config_checks.ARCHITECTURES) == sorted(models.ARCHITECTURES)
-    assert config_checks.OPTIMIZERS == optimizers.OPTIMIZERS
-    assert config_checks.SCHEDULES == optimizers.SCHEDULES
-    assert config_checks.STRATEGIES == distribution.STRATEGIES
+    assert sorted(schema.ARCHITECTURES) == sorted(models.ARCHITECTURES)
+    assert schema.OPTIMIZERS == optimizers.OPTIMIZERS
+    assert schema.SCHEDULES == optimizers.SCHEDULES
+    assert schema.STRATEGIES == distribution.STRATEGIES
     values = [0, 1, -1, 2.5, True, None, "1", float("inf"), float("nan")]
     for value in values:
         for bound in (None, 0, 1):
-            assert config_checks._is_int(value, bound) == checks.is_int(
-                value, bound
-            )
-            assert config_checks._is_number(value, bound) == (
+            assert schema.is_int(value, bound) == checks.is_int(value, bound)
+            assert schema.is_number(value, bound) == (
                 checks.is_number(value, bound)
             )
 

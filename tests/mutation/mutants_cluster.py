@@ -103,7 +103,7 @@ MUTANTS = [
         name="slurm-checked-after-tensorflow",
         feature="train.py refuses a wrong Slurm environment before "
         "importing TensorFlow",
-        file="train.py",
+        file="template_trainer/command_line.py",
         old="        cluster.slurm_cluster(config.distribution)\n",
         new="        pass\n",
         tests=FAST,

@@ -15,8 +15,8 @@ MUTANTS = [
     Mutant(
         name="onednn-default-train",
         feature="train.py switches oneDNN on unless the user chose",
-        file="train.py",
-        old='os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")',
+        file="template_trainer/command_line.py",
+        old='    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")',
         new="",
         tests=("tests/onednn_test.py",),
     ),

@@ -62,18 +62,77 @@ MUTANTS = [
         name="config-checks-import-tensorflow",
         feature="config errors come before TensorFlow is imported",
         file="template_trainer/config_checks.py",
-        old="from template_trainer import errors\n",
+        old="from template_trainer import errors, schema\n",
         new="import tensorflow  # noqa: F401\n\nfrom template_trainer import "
-        "errors\n",
+        "errors, schema\n",
         tests=(
             "tests/cli_test.py::"
             "test_config_is_checked_before_tensorflow_is_imported",
         ),
     ),
     Mutant(
+        name="upstream-shape-mismatch-unread",
+        feature="a checkpoint of other shapes is told apart from damage "
+        "(TensorFlow says it only in words)",
+        file="template_trainer/upstream.py",
+        old="    return _SHAPE_MISMATCH in str(error)",
+        new="    return False",
+        tests=("tests/upstream_test.py",),
+    ),
+    Mutant(
+        name="upstream-unknown-field-unread",
+        feature="an unknown config field is named in one line",
+        file="template_trainer/upstream.py",
+        old='    return name.strip().strip("\'\\""), hint.strip()',
+        new="    return None",
+        tests=("tests/upstream_test.py", "tests/cli_test.py"),
+    ),
+    Mutant(
+        name="upstream-op-wrappers-kept",
+        feature="a failed write's reason without TensorFlow's op wrappers",
+        file="template_trainer/upstream.py",
+        old='    return _OP_SUFFIX.sub("", _FUNCTION_NODE.sub("", message))',
+        new="    return message",
+        tests=("tests/upstream_test.py",),
+    ),
+    Mutant(
+        name="schema-checks-ignored",
+        feature="every config field is checked as the schema declares",
+        file="template_trainer/config_checks.py",
+        old="        if why:\n            _fail(field.name, value, why)",
+        new="        if False:\n            _fail(field.name, value, why)",
+        tests=("tests/config_checks_test.py",),
+    ),
+    Mutant(
+        name="schema-run-length-fixed",
+        feature="a resumed run may change the fields that leave the "
+        "computation as it was (num_epochs)",
+        file="template_trainer/schema.py",
+        old=""""the run's length (a resumed run may change it)",\n"""
+        """        computes=False,""",
+        new=""""the run's length (a resumed run may change it)",""",
+        tests=("tests/schema_test.py",),
+    ),
+    Mutant(
+        name="schema-off-not-none",
+        feature="a config's off value (0, 1) reaches compile as None",
+        file="template_trainer/schema.py",
+        old="    if field.off is not None and current == field.off:",
+        new="    if False:",
+        tests=("tests/schema_test.py",),
+    ),
+    Mutant(
+        name="schema-added-field-not-backfilled",
+        feature="a run saved before a field existed resumes as it was",
+        file="template_trainer/workdir.py",
+        old="        old.setdefault(key, value)",
+        new="        pass",
+        tests=("tests/schema_test.py",),
+    ),
+    Mutant(
         name="config-file-error-without-line",
         feature="a config file's exception names the file and the line",
-        file="train.py",
+        file="template_trainer/command_line.py",
         old="        if lines or isinstance(cause, SyntaxError):\n",
         new="        if False:\n",
         tests=("tests/cli_test.py",),
@@ -82,7 +141,7 @@ MUTANTS = [
         name="flag-error-by-type-dropped",
         feature="a --config.FIELD=VALUE of the wrong type is one line "
         "saying what is expected",
-        file="train.py",
+        file="template_trainer/command_line.py",
         old="        if expected:\n            return",
         new="        if False:\n            return",
         tests=("tests/cli_test.py",),
@@ -90,9 +149,9 @@ MUTANTS = [
     Mutant(
         name="done-line-without-model-path",
         feature="the Done: line names model.keras's path",
-        file="train.py",
-        old='    print(f"Done: {figures}{saved}")\n',
-        new='    print(f"Done: {figures}")\n',
+        file="template_trainer/command_line.py",
+        old='    return f"Done: {figures}{saved}"\n',
+        new='    return f"Done: {figures}"\n',
         tests=(
             "tests/cli_test.py::test_a_run_logs_plain_lines_and_ends_with_done",
         ),
