@@ -10,10 +10,6 @@ import tensorflow as tf
 from models import functional, step_extras
 
 
-def _batch_size(x):
-    return tf.shape(tf.nest.flatten(x)[0])[0]
-
-
 def _learning_rates(optimizer):
     """The learning rate now and at the next iteration: a warm-up starts
     at 0, a finished cosine stays there. Keras exposes a schedule only
@@ -260,31 +256,27 @@ class CustomModel(keras.Model):
         applied = extras.apply(self.optimizer, loss, gradients, variables, logs)
 
         def update_metrics():
-            return self._update_metrics(loss, x, y, y_pred, sample_weight)
+            return step_extras.update_metrics(
+                self, loss, x, y, y_pred, sample_weight
+            )
 
         if applied is None:
             return {**update_metrics(), **logs}
         # A skipped step updates no metric: its NaN loss would make the
         # epoch's mean loss NaN.
-        metrics = tf.cond(applied, update_metrics, self._metric_results)
+        metrics = tf.cond(
+            applied, update_metrics, lambda: step_extras.metric_results(self)
+        )
         return {**metrics, **logs}
 
     def make_train_function(self, force=False):
         """Keras's, then the non-finite check after each call (`fit`)."""
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force)
-        train_function = self.train_function
-        if not self.step_extras.max_consecutive_non_finite:
-            return train_function
-
-        def checked_train_function(iterator):
-            logs = train_function(iterator)
-            self.check_non_finite()
-            return logs
-
-        self.train_function = checked_train_function
-        return checked_train_function
+        if self.train_function is None or force:
+            super().make_train_function(force)
+            self.train_function = step_extras.checked_after_each_call(
+                self, self.train_function
+            )
+        return self.train_function
 
     def check_non_finite(self):
         """Raises if `max_consecutive_non_finite` steps in a row were not
@@ -302,32 +294,6 @@ class CustomModel(keras.Model):
         loss = self.compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
         )
-        return self._update_metrics(loss, x, y, y_pred, sample_weight)
-
-    def _metric_results(self):
-        """`get_metrics_result()` without the metrics not yet built.
-
-        Compile metrics are built by their first update, which an eager
-        run whose first step is skipped has not made yet.
-        """
-        results = {}
-        for metric in self.metrics:
-            if not getattr(metric, "built", True):
-                continue
-            result = metric.result()
-            if isinstance(result, dict):
-                results.update(result)
-            else:
-                results[metric.name] = result
-        return results
-
-    def _update_metrics(self, loss, x, y, y_pred, sample_weight):
-        # The loss is divided by the replica count under tf.distribute;
-        # undo that so the logged loss is the per-example mean, weighted by
-        # batch size like Keras's own tracker. On one replica the graph is
-        # then op for op Keras's, with no multiplication by 1.
-        replicas = step_extras.replicas()
-        if replicas > 1:
-            loss = loss * replicas
-        self.loss_tracker.update_state(loss, sample_weight=_batch_size(x))
-        return self.compute_metrics(x, y, y_pred, sample_weight)
+        return step_extras.update_metrics(
+            self, loss, x, y, y_pred, sample_weight
+        )

@@ -405,3 +405,52 @@ class StepExtras:
             return
         if int(self.variables["consecutive_non_finite"].read_value()) >= limit:
             raise FloatingPointError(non_finite_message(limit))
+
+
+def update_metrics(model, loss, x, y, y_pred, sample_weight):
+    """Feeds `model.loss_tracker` (a `keras.metrics.Mean` named "loss",
+    which the model's `metrics` lists first) and the compiled metrics;
+    returns their results. Keras feeds its own loss tracker only in its
+    own step, so a step of one's own that does not feed one logs
+    `loss: 0.0`."""
+    # The loss is divided by the replica count under tf.distribute; undo
+    # that so the logged loss is the per-example mean, weighted by batch
+    # size like Keras's own tracker. On one replica the graph is then op
+    # for op Keras's, with no multiplication by 1.
+    if replicas() > 1:
+        loss = loss * replicas()
+    batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+    model.loss_tracker.update_state(loss, sample_weight=batch_size)
+    return model.compute_metrics(x, y, y_pred, sample_weight)
+
+
+def metric_results(model):
+    """`model.get_metrics_result()` without the metrics not yet built:
+    what a skipped step returns. Compile metrics are built by their first
+    update, which an eager run whose first step is skipped has not made
+    yet."""
+    results = {}
+    for metric in model.metrics:
+        if not getattr(metric, "built", True):
+            continue
+        result = metric.result()
+        if isinstance(result, dict):
+            results.update(result)
+        else:
+            results[metric.name] = result
+    return results
+
+
+def checked_after_each_call(model, train_function):
+    """`train_function` (what `keras.Model.make_train_function` made),
+    followed by `model.step_extras.check_non_finite()` after each call when
+    the guard is on: `fit` then stops at the guard's limit."""
+    if not model.step_extras.max_consecutive_non_finite:
+        return train_function
+
+    def checked(iterator):
+        logs = train_function(iterator)
+        model.step_extras.check_non_finite()
+        return logs
+
+    return checked

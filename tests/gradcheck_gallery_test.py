@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 import mylayers
-from mylayers.gradcheck import CallError
+from mylayers.gradcheck import CallError, Status
 
 PRECISIONS = ["float64", None]  # None: as it is, float32
 RNG = np.random.default_rng(0)
@@ -550,7 +550,7 @@ SAYS_AS_IS = {**SAYS, "float32_only": "dtype=None: checked as it is"}
 
 def _says(report):
     return "\n".join(
-        [report.precision, *report.notes, *(r.status for r in report.rows)]
+        [report.precision, *report.notes, *(r.label for r in report.rows)]
     )
 
 
@@ -594,10 +594,10 @@ def _passes(name, make, inputs, kwargs, dtype):
     else:
         # A plain pattern: nothing held fixed, restored or skipped.
         assert not report.notes, report.notes
-        assert not any(r.status.startswith("skipped") for r in report.rows)
+        assert not any(r.status is Status.SKIPPED for r in report.rows)
     # Every trainable weight was checked, and passed, named by the path of
     # its layer and the attribute that holds it.
-    checked = {row.tensor for row in report.rows if row.status == "ok"}
+    checked = {row.tensor for row in report.rows if row.label == "ok"}
     expected = _weight_names(layer)
     assert len(expected) == len(layer.trainable_variables)
     assert expected <= checked, report
@@ -690,10 +690,10 @@ class UnseededNoise(keras.layers.Layer):
 def test_unfixable_randomness_is_skipped_with_the_reason():
     report = _check(UnseededNoise(), X, "float64", training=True)
     (row,) = report.rows
-    assert row.status.startswith("skipped (two calls at the same point")
-    assert "keras.random.SeedGenerator" in row.status
+    assert row.label.startswith("skipped (two calls at the same point")
+    assert "keras.random.SeedGenerator" in row.detail
     # The deterministic path is checked.
-    assert _check(UnseededNoise(), X, "float64").rows[0].status == "ok"
+    assert _check(UnseededNoise(), X, "float64").rows[0].label == "ok"
 
 
 @pytest.mark.parametrize(

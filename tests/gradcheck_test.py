@@ -61,7 +61,7 @@ class BrokenLinear(mylayers.Linear):
 
 
 def _failed_rows(report):
-    return {(r.tensor, r.mode) for r in report.rows if r.status != "ok"}
+    return {(r.tensor, r.mode) for r in report.rows if r.label != "ok"}
 
 
 def test_correct_layer_passes_every_check():
@@ -146,7 +146,7 @@ def test_failure_figures_locate_the_error():
         mylayers.gradcheck(
             BrokenLinear(2, "scale", name="b"), X, modes=["eager"]
         )
-    (row,) = [r for r in info.value.report.rows if r.status == "FAIL"]
+    (row,) = [r for r in info.value.report.rows if r.label == "FAIL"]
     # dW doubled: the error is |dW| itself, so relative error is 1.
     np.testing.assert_allclose(row.max_rel, 1.0, rtol=1e-6)
     assert row.worst_index.startswith("y[") and "b/kernel[" in row.worst_index
@@ -172,7 +172,7 @@ def test_override_is_checked_against_reference_not_finite_differences():
     # A wrong declared reference (plain identity) is caught at |x| > 1.
     with pytest.raises(mylayers.GradcheckError) as info:
         mylayers.gradcheck(layer, x, reference=lambda x, u: u)
-    (row, *_) = [r for r in info.value.report.rows if r.status == "FAIL"]
+    (row, *_) = [r for r in info.value.report.rows if r.label == "FAIL"]
     # Only the entries with |x| > 1 differ.
     assert re.search(r"inputs\[0,[03]\]$", row.worst_index), row.worst_index
 
@@ -187,7 +187,7 @@ def test_gradient_reversal_reference_detects_wrong_scale(scale):
 def test_numpy_layer_skips_xla_and_second_order():
     report = mylayers.gradcheck(mylayers.NumpyLinear(2), X, order=2)
     assert report.ok
-    skipped = {(r.mode, r.status) for r in report.rows if r.tensor == "*"}
+    skipped = {(r.mode, r.label) for r in report.rows if r.tensor == "*"}
     assert skipped == {
         ("eager", "skipped (differentiable_twice=False)"),
         ("function", "skipped (differentiable_twice=False)"),
@@ -337,11 +337,11 @@ def test_untraceable_layer_is_checked_eagerly_and_named():
     with pytest.raises(mylayers.GradcheckError) as caught:
         mylayers.gradcheck(_EagerOnlyScale(), X, modes=["eager", "function"])
     rows = {row.mode: row for row in caught.value.report.rows}
-    assert rows["eager"].status == "ok"
-    assert rows["function"].status.startswith(
+    assert rows["eager"].label == "ok"
+    assert rows["function"].label.startswith(
         "ERROR: tf.function cannot trace it (AttributeError"
     )
-    assert "the eager rows still hold" in rows["function"].status
+    assert "the eager rows still hold" in rows["function"].label
 
 
 class _Scale(keras.layers.Layer):

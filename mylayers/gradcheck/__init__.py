@@ -23,7 +23,12 @@ import tensorflow as tf
 
 from mylayers.gradcheck.cli import Sample
 from mylayers.gradcheck.numerics import Checker
-from mylayers.gradcheck.report import GradcheckError, GradcheckReport, Row
+from mylayers.gradcheck.report import (
+    GradcheckError,
+    GradcheckReport,
+    Row,
+    Status,
+)
 from mylayers.gradcheck.target import (
     CallError,
     as_function_target,
@@ -39,6 +44,7 @@ __all__ = [
     "GradcheckReport",
     "Row",
     "Sample",
+    "Status",
     "gradcheck",
 ]
 
@@ -223,15 +229,33 @@ def _precision_line(t, tol):
 def _check(t, tol, order, jacobian, modes, num_projections, seed):
     """The rows of every check in every mode, and notes."""
     rows = [
-        Row(t.name, name, "*", "order 1", t.dtype, status=status)
-        for name, status in t.skipped
+        Row(
+            t.name,
+            name,
+            "*",
+            "order 1",
+            t.dtype,
+            status=Status.SKIPPED,
+            detail=why,
+        )
+        for name, why in t.skipped
     ]
     notes = []
     if not t.sources:
         return rows, notes
     reason = _nonfinite_reason(t) or _random_reason(t)
     if reason:
-        rows.append(Row(t.name, "*", "*", "all", t.dtype, status=reason))
+        rows.append(
+            Row(
+                t.name,
+                "*",
+                "*",
+                "all",
+                t.dtype,
+                status=Status.SKIPPED,
+                detail=reason,
+            )
+        )
         return rows, notes
     if _has_batch_of_one(t):
         notes.append(
@@ -252,7 +276,8 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
                     mode,
                     "all",
                     t.dtype,
-                    status="skipped (supports_jit=False)",
+                    status=Status.SKIPPED,
+                    detail="supports_jit=False",
                 )
             )
             continue
@@ -264,7 +289,7 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
         rows += first
         if order != 2:
             continue
-        if any("gradient of shape" in row.status for row in first):
+        if mode in checker.wrong_shape_modes:
             skipped = "a first-order gradient has the wrong shape"
         elif not t.differentiable_twice:
             skipped = "differentiable_twice=False"
@@ -281,7 +306,8 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
                 mode,
                 "order 2",
                 t.dtype,
-                status=f"skipped ({skipped})",
+                status=Status.SKIPPED,
+                detail=skipped,
             )
         )
     return rows, notes
@@ -291,15 +317,17 @@ def _untraceable_row(t, mode, error):
     """A row for a mode that `tf.function` cannot trace the target in."""
     cause = one_line(error)
     if mode == "jit":
-        status = f"skipped (tf.function cannot trace it: {cause})"
+        status = Status.SKIPPED
+        detail = f"tf.function cannot trace it: {cause}"
     else:
         # Keras traces call() in fit, evaluate and predict: a real defect.
-        status = (
-            f"ERROR: tf.function cannot trace it ({cause}), and Keras's fit "
+        status = Status.ERROR
+        detail = (
+            f"tf.function cannot trace it ({cause}), and Keras's fit "
             "traces call() too: write call() with TF or keras.ops (numpy "
             "code through mylayers.numpy_op); the eager rows still hold"
         )
-    return Row(t.name, "*", mode, "all", t.dtype, status=status)
+    return Row(t.name, "*", mode, "all", t.dtype, status=status, detail=detail)
 
 
 def _mode_error(t, mode, check, error):
@@ -308,18 +336,20 @@ def _mode_error(t, mode, check, error):
     if mode == "jit":
         # Keras compiles with XLA only where every layer allows it, so this
         # is not a defect of the gradient: say how to declare it.
-        status = (
-            f"skipped (XLA could not run it: {cause}; declare "
-            "self.supports_jit = False in the layer's __init__)"
+        status = Status.SKIPPED
+        detail = (
+            f"XLA could not run it: {cause}; declare "
+            "self.supports_jit = False in the layer's __init__"
         )
     elif check == "order 2":
-        status = (
-            f"ERROR: {cause}; if the layer has no second derivative, "
-            "declare self.differentiable_twice = False"
+        status = Status.ERROR
+        detail = (
+            f"{cause}; if the layer has no second derivative, declare "
+            "self.differentiable_twice = False"
         )
     else:
-        status = f"ERROR: {cause}"
-    return Row(t.name, "*", mode, check, t.dtype, status=status)
+        status, detail = Status.ERROR, cause
+    return Row(t.name, "*", mode, check, t.dtype, status=status, detail=detail)
 
 
 def _nonfinite_reason(t):
@@ -330,9 +360,9 @@ def _nonfinite_reason(t):
         return None
     first = int(np.flatnonzero(~np.isfinite(y))[0])
     return (
-        f"skipped ({t.output_name(first)} = {y[first]} at these inputs, in "
+        f"{t.output_name(first)} = {y[first]} at these inputs, in "
         f"{t.dtype}: nothing to compare; check at inputs where the outputs "
-        "are finite)"
+        "are finite"
     )
 
 
@@ -347,10 +377,10 @@ def _random_reason(t):
     if np.allclose(first, second, unit, unit * scale, equal_nan=True):
         return None
     return (
-        "skipped (two calls at the same point differ: call() draws random "
-        "numbers gradcheck cannot fix; draw them with keras.random and a "
+        "two calls at the same point differ: call() draws random numbers "
+        "gradcheck cannot fix; draw them with keras.random and a "
         "keras.random.SeedGenerator made in __init__, or check "
-        "training=False)"
+        "training=False"
     )
 
 

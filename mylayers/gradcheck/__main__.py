@@ -16,6 +16,7 @@ from mylayers.gradcheck import (
     CallError,
     GradcheckError,
     GradcheckReport,
+    Status,
     gradcheck,
 )
 from mylayers.gradcheck.cli import Sample, UsageError, cases, parse
@@ -116,7 +117,7 @@ def main(argv):
     report = GradcheckReport(rows)
     print(report.table())
     failed = sum(row.failed for row in rows)
-    skipped = sum(row.status.startswith("skipped") for row in rows)
+    skipped = sum(row.status is Status.SKIPPED for row in rows)
     print(f"\n{len(rows)} checks: {failed} failed, {skipped} skipped.")
     return 1 if failed else 0
 

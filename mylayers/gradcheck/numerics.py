@@ -7,7 +7,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from mylayers.gradcheck.report import Row
+from mylayers.gradcheck.report import Row, Status
 from mylayers.gradcheck.tolerance import NOISE_ULPS, compare, machine_epsilon
 
 # Finite-difference columns evaluated per call of the traced function.
@@ -70,6 +70,9 @@ class Checker:
         self.names = list(t.names)
         self.n_in = t.n_in
         self.shapes = [tuple(s.shape) for s in self.sources]
+        # Modes where a first-order gradient had the wrong shape: their
+        # second order has nothing to build on.
+        self.wrong_shape_modes = set()
         rng = np.random.default_rng(seed)
         self.y0 = t.fn(self.sources)
         self.n_out = int(self.y0.shape[0])
@@ -357,20 +360,21 @@ class Checker:
         rows = []
         disconnected = set()  # or of the wrong shape: nothing to compare
         for k, grad in enumerate(grads):
-            status = None
+            why = None
             if grad is None:
-                status = "FAIL: None gradient (disconnected)"
+                why = "None gradient (disconnected)"
             elif tuple(grad.shape) != self.shapes[k]:
                 # Broadcasting would hide it from a projection check; the
                 # optimizer fails on it much later, far from the cause.
-                status = (
-                    f"FAIL: gradient of shape {tuple(grad.shape)}, expected "
+                why = (
+                    f"gradient of shape {tuple(grad.shape)}, expected "
                     f"{self.shapes[k]} (that of {self.names[k]})"
                 )
-            if status:
+                self.wrong_shape_modes.add(mode)
+            if why:
                 disconnected.add(k)
                 row = self._row(k, mode, "order 1")
-                row.status = status
+                row.status, row.detail = Status.FAIL, why
                 rows.append(row)
         if self.t.reference is not None:
             rows.append(self._reference_row(mode, vjp, jacobian))

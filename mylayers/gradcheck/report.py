@@ -3,6 +3,16 @@ the precision it was checked in and why, and notes on what was held fixed
 or skipped."""
 
 import dataclasses
+import enum
+
+
+class Status(enum.Enum):
+    """What one row of the report found."""
+
+    OK = "ok"
+    FAIL = "FAIL"  # The gradient differs from its reference.
+    ERROR = "ERROR"  # The check could not run (a defect of the target).
+    SKIPPED = "skipped"  # Not checked, and why is in the row's detail.
 
 
 @dataclasses.dataclass
@@ -11,7 +21,9 @@ class Row:
 
     `actual` and `expected` are the two values at `worst_index`: the
     gradient TensorFlow computed, and the finite difference (or reference
-    backward) it was compared with.
+    backward) it was compared with. `status` is what the row found,
+    `detail` why or what else was seen; `label` is both, as the table
+    shows them.
     """
 
     target: str
@@ -24,11 +36,21 @@ class Row:
     worst_index: str = ""
     actual: float = float("nan")
     expected: float = float("nan")
-    status: str = "ok"
+    status: Status = Status.OK
+    detail: str = ""
 
     @property
     def failed(self):
-        return self.status.startswith(("FAIL", "ERROR"))
+        return self.status in (Status.FAIL, Status.ERROR)
+
+    @property
+    def label(self):
+        """`ok`, `ok (notes)`, `FAIL: why`, `ERROR: why`, `skipped (why)`."""
+        if not self.detail:
+            return self.status.value
+        if self.failed:
+            return f"{self.status.value}: {self.detail}"
+        return f"{self.status.value} ({self.detail})"
 
 
 class GradcheckReport:
@@ -87,7 +109,7 @@ class GradcheckReport:
                 r.worst_index,
                 f"{r.actual:.6g}",
                 f"{r.expected:.6g}",
-                r.status,
+                r.label,
             )
             for r in self.rows
         ]
@@ -121,7 +143,7 @@ class GradcheckError(AssertionError):
     ...     gradcheck(wrong_square, tf.constant([1.0, 2.0]), modes=["eager"])
     ... except GradcheckError as error:
     ...     worst = error.report.worst()
-    ...     print(worst.status, worst.worst_index, worst.actual)
+    ...     print(worst.label, worst.worst_index, worst.actual)
     ...     print(round(worst.expected, 6))
     FAIL y[1] / inputs[1] 2.0
     4.0
@@ -137,6 +159,6 @@ class GradcheckError(AssertionError):
                 f"{worst.expected:.6g}"
             )
         elif worst is not None:
-            headline += f": {worst.tensor} ({worst.mode}): {worst.status}"
+            headline += f": {worst.tensor} ({worst.mode}): {worst.label}"
         super().__init__(f"{headline}\n{report}")
         self.report = report

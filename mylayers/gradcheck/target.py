@@ -547,7 +547,7 @@ def _skipped_inputs(args, structure):
             skipped.append(
                 (
                     structure.name(i),
-                    f"skipped ({x.dtype.name} input: no gradient; held fixed)",
+                    f"{x.dtype.name} input: no gradient; held fixed",
                 )
             )
     return skipped

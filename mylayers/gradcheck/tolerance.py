@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from mylayers.gradcheck.report import Status
+
 # Rounding in the two evaluations of a central difference, a few units in
 # the last place each through the target's ops, divided by the step: the
 # noise floor under which a finite difference says nothing.
@@ -149,9 +151,8 @@ def compare(row, actual, expected, rtol, where, rescues=()):
         row.expected = float(value[worst])
     if not checkable.all():
         notes.append(f"{int((~checkable).sum())} not finite in FD, unchecked")
-    row.status = "FAIL" if failing.any() else "ok"
-    if notes:
-        row.status += " (" + "; ".join(notes) + ")"
+    row.status = Status.FAIL if failing.any() else Status.OK
+    row.detail = "; ".join(notes)
     return failing
 
 

@@ -123,6 +123,23 @@ MUTANTS = [
         new="forward.append(fd)",
         tests=("tests/gradcheck_near_miss_test.py",),
     ),
+    Mutant(
+        name="gradcheck-error-rows-pass",
+        feature="a check that could not run (ERROR) fails the report",
+        file="mylayers/gradcheck/report.py",
+        old="        return self.status in (Status.FAIL, Status.ERROR)",
+        new="        return self.status is Status.FAIL",
+        tests=("tests/gradcheck_test.py",),
+    ),
+    Mutant(
+        name="gradcheck-wrong-shape-not-noted",
+        feature="a first-order gradient of the wrong shape skips order 2 "
+        "and says why",
+        file="mylayers/gradcheck/numerics.py",
+        old="                self.wrong_shape_modes.add(mode)\n",
+        new="",
+        tests=("tests/gradcheck_test.py",),
+    ),
     # The training step
     Mutant(
         name="step-no-loss-scaling",
@@ -185,10 +202,10 @@ MUTANTS = [
     Mutant(
         name="fit-never-checks-guard",
         feature="fit reports the guard's limit after each call",
-        file="models/custom_model.py",
-        old="        if not self.step_extras.max_consecutive_non_finite:\n"
-        "            return train_function",
-        new="        if True:\n            return train_function",
+        file="models/step_extras.py",
+        old="    if not model.step_extras.max_consecutive_non_finite:\n"
+        "        return train_function",
+        new="    if True:\n        return train_function",
         tests=("tests/train_step_test.py",),
     ),
     Mutant(
@@ -198,6 +215,17 @@ MUTANTS = [
         old="        run.model.check_non_finite()\n",
         new="        pass\n",
         tests=("tests/train_test.py",),
+    ),
+    Mutant(
+        name="readme-step-drifts",
+        feature="the README's model of one's own carries CustomModel's "
+        "step word for word",
+        file="README.md",
+        old="        applied = extras.apply(self.optimizer, loss, gradients, "
+        "variables, logs)",
+        new="        applied = None\n        self.optimizer.apply(gradients, "
+        "variables)",
+        tests=("tests/readme_test.py",),
     ),
     # The trainer's state, selection and metrics
     Mutant(
