@@ -136,9 +136,11 @@ class CustomModel(keras.Model):
                 MirroredStrategy.
             max_consecutive_non_finite: If set (M >= 1), a step whose loss
                 or gradients hold NaN or Inf changes no weight and no
-                optimizer state; `non_finite_steps` counts such steps, and
-                the step that makes M in a row raises (see
-                `check_non_finite`). Skipped steps update no metric. Under
+                optimizer state; `non_finite_steps` counts such steps.
+                At M in a row the guard stops for good (no later step
+                applies), and `check_non_finite()` raises: `fit` and the
+                trainer call it after each call of the step function.
+                Skipped steps update no metric. Under
                 `mixed_float16`, gradient overflow is left to the
                 `LossScaleOptimizer` (which skips it and lowers its scale);
                 only a non-finite loss counts.
