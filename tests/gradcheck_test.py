@@ -16,6 +16,7 @@ from mylayers import gradcheck as gradcheck_module_function
 from mylayers.gradcheck import numerics
 from mylayers.gradcheck.__main__ import cli_cases
 from mylayers.gradcheck.__main__ import main as cli_main
+from mylayers.gradcheck.target import one_line
 
 X = np.random.default_rng(0).uniform(-0.9, 0.9, size=(2, 3))
 
@@ -387,3 +388,19 @@ def test_weights_are_named_by_the_attributes_that_hold_them():
         "glu/gate",  # Named: its own name.
         "scale/s",  # By the layer that made it, not glu/alias.
     }
+
+
+def test_upstream_keras_puts_a_call_errors_cause_in_bold():
+    """The one match on Keras's words in `mylayers` (`target.one_line`):
+    Keras wraps an error raised in `call()` in a preamble and puts its
+    cause in terminal bold. If a release changes that, this canary fails
+    and the report's error rows would show the preamble instead."""
+
+    class Raises(keras.layers.Layer):
+        def call(self, x):
+            raise ValueError("the real cause")
+
+    with pytest.raises(ValueError) as error:
+        Raises()(np.ones((1, 2), "float32"))
+    assert "\x1b[1mthe real cause\x1b[0m" in str(error.value)
+    assert one_line(error.value) == "ValueError: the real cause"

@@ -149,7 +149,8 @@ def one_line(error):
     """`error` as `Type: cause`, on one line, for the report."""
     text = str(error)
     # Keras wraps an error raised in call() in a preamble and puts the
-    # cause in bold; show the cause.
+    # cause in bold; show the cause. (The only match on Keras's words in
+    # mylayers; its canary: tests/gradcheck_test.py::test_upstream_*.)
     bold = re.search("\x1b\\[1m(.*?)\x1b\\[0m", text, re.S)
     lines = [line.strip() for line in (bold[1] if bold else text).splitlines()]
     message = next((line for line in lines if line), "")

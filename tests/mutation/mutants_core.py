@@ -140,6 +140,15 @@ MUTANTS = [
         new="",
         tests=("tests/gradcheck_test.py",),
     ),
+    Mutant(
+        name="gradcheck-keras-preamble-shown",
+        feature="an error raised in call() shows its cause, not Keras's "
+        "preamble",
+        file="mylayers/gradcheck/target.py",
+        old='    bold = re.search("\\x1b\\\\[1m(.*?)\\x1b\\\\[0m", text, re.S)',
+        new="    bold = None",
+        tests=("tests/gradcheck_test.py",),
+    ),
     # The training step
     Mutant(
         name="step-no-loss-scaling",
