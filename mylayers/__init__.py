@@ -5,6 +5,7 @@ from mylayers import _onednn  # noqa: F401, I001
 from mylayers.causal_self_attention import CausalSelfAttention
 from mylayers.clip_gradient import ClipGradient
 from mylayers.conv2d import Conv2D
+from mylayers.examples import Example
 from mylayers.gradcheck import GradcheckError, gradcheck
 from mylayers.gradient_checkpoint import GradientCheckpoint
 from mylayers.gradient_reversal import GradientReversal
@@ -24,6 +25,7 @@ __all__ = [
     "CausalSelfAttention",
     "ClipGradient",
     "Conv2D",
+    "Example",
     "GradcheckError",
     "GradientCheckpoint",
     "GradientReversal",

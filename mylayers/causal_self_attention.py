@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks, rotary
+from mylayers.examples import PADDING, Example
 
 
 @keras.saving.register_keras_serializable(package="mylayers")
@@ -236,3 +237,14 @@ class CausalSelfAttention(keras.layers.Layer):
                 self.kernel_initializer
             ),
         }
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        # Order 2 on one head with rotary positions and padding, the most
+        # that happens in it; order 1 on two heads.
+        return [
+            Example(cls(2, rotary=False, **kwargs), (2, 3, 2), order=1),
+            Example(cls(1, **kwargs), (2, 3, 2), mask=PADDING),
+        ]

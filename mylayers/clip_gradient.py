@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
 
 
 @tf.custom_gradient
@@ -85,3 +86,9 @@ class ClipGradient(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "max_norm": self.max_norm}
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(1.5, **kwargs), (2, 4))]

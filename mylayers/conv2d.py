@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
 
 
 def _positive_pair(layer, argument, value):
@@ -151,3 +152,15 @@ class Conv2D(keras.layers.Layer):
                 self.bias_initializer
             ),
         }
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [
+            Example(
+                cls(2, 3, padding="same", activation="tanh", **kwargs),
+                (1, 4, 4, 2),
+            ),
+            Example(cls(2, (2, 3), strides=2, **kwargs), (1, 5, 5, 2)),
+        ]

@@ -6,6 +6,8 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
+from mylayers.mlp_block import MLPBlock
 
 
 @keras.saving.register_keras_serializable(package="mylayers")
@@ -149,3 +151,11 @@ class GradientCheckpoint(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        # The wrapped layer takes the dtype policy: the wrapper computes in
+        # its dtype.
+        return [Example(cls(MLPBlock(3, **kwargs)), (2, 3))]

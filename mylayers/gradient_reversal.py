@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
 
 
 @tf.custom_gradient
@@ -77,3 +78,9 @@ class GradientReversal(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(0.7, **kwargs), (2, 4))]

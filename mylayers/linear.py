@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
 
 
 @keras.saving.register_keras_serializable(package="mylayers")
@@ -112,3 +113,9 @@ class Linear(keras.layers.Layer):
                 self.bias_initializer
             ),
         }
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(3, activation="tanh", **kwargs), (2, 4))]

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from mylayers.examples import Example
 from mylayers.linear import Linear
 
 
@@ -83,3 +84,9 @@ class ManualLinear(Linear):
         else:
             outputs = _affine(inputs, kernel)
         return self.activation(outputs)
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(3, activation="tanh", **kwargs), (2, 4))]

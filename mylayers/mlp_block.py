@@ -3,6 +3,7 @@
 import keras
 
 from mylayers import checks
+from mylayers.examples import Example
 from mylayers.linear import Linear
 from mylayers.rms_norm import RMSNorm
 
@@ -97,3 +98,9 @@ class MLPBlock(keras.layers.Layer):
             "epsilon": self.epsilon,
             "dropout": self.dropout,
         }
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(5, **kwargs), (2, 4))]

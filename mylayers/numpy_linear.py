@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
 from mylayers.numpy_bridge import numpy_op
 
 
@@ -146,3 +147,9 @@ class NumpyLinear(keras.layers.Layer):
                 self.bias_initializer
             ),
         }
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(3, **kwargs), (2, 4))]

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
 
 
 @keras.saving.register_keras_serializable(package="mylayers")
@@ -83,3 +84,9 @@ class RMSNorm(keras.layers.Layer):
                 self.scale_initializer
             ),
         }
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(**kwargs), (2, 4))]

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from mylayers.examples import Example
+
 
 @tf.custom_gradient
 def _stable_softplus(x):
@@ -62,3 +64,9 @@ class StableSoftplus(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(**kwargs), (2, 4))]

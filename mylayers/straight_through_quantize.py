@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
 
 
 @tf.custom_gradient
@@ -86,3 +87,12 @@ class StraightThroughQuantize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "bits": self.bits}
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [
+            Example(cls(bits=2, **kwargs), (2, 4)),
+            Example(cls(bits=1, **kwargs), (2, 4)),
+        ]

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from mylayers import checks
 from mylayers.causal_self_attention import CausalSelfAttention
+from mylayers.examples import PADDING, Example
 
 # Where a key is not allowed, as in `CausalSelfAttention`: a row with no
 # allowed key is then uniform over the real keys.
@@ -102,6 +103,12 @@ class TiledCausalSelfAttention(CausalSelfAttention):
 
     def get_config(self):
         return {**super().get_config(), "tile_size": self.tile_size}
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        return [Example(cls(1, tile_size=2, **kwargs), (2, 3, 2), PADDING, 1)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,9 +1,11 @@
 """Token embedding, with learned positions or none (for rotary ones)."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mylayers import checks
+from mylayers.examples import Example
 
 POSITIONS = ("learned", "none")
 
@@ -133,3 +135,10 @@ class TokenEmbedding(keras.layers.Layer):
                 self.embeddings_initializer
             ),
         }
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        ids = np.array([[1, 2, 0], [4, 3, 1]])
+        return [Example(cls(5, 3, max_length=3, **kwargs), ids)]

@@ -4,6 +4,7 @@ import keras
 
 from mylayers import checks
 from mylayers.causal_self_attention import CausalSelfAttention
+from mylayers.examples import PADDING, Example
 from mylayers.mlp_block import MLPBlock
 from mylayers.rms_norm import RMSNorm
 from mylayers.tiled_causal_self_attention import TiledCausalSelfAttention
@@ -142,3 +143,11 @@ class TransformerBlock(keras.layers.Layer):
             "epsilon": self.epsilon,
             "attention": self.attention_kind,
         }
+
+    @classmethod
+    def examples(cls, **kwargs):
+        """Small instances and inputs, for gradcheck and the tests
+        (`mylayers.examples`)."""
+        # Order 1: its parts are checked at order 2 on their own, and its
+        # order 2 would be the longest check by far (~8 s).
+        return [Example(cls(1, 3, **kwargs), (2, 3, 2), PADDING, order=1)]

@@ -20,6 +20,7 @@ USER_MODULE = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
 
+    import mylayers
     from mylayers.gradcheck import Sample
 
 
@@ -65,6 +66,16 @@ USER_MODULE = textwrap.dedent(
 
     def bad_cases():
         return [("MyLayer", (2, 3), 1)]
+
+
+    class WithExamples(MyLayer):
+        # Declares its examples, as the layers of mylayers do.
+        @classmethod
+        def examples(cls, **kwargs):
+            return [
+                mylayers.Example(cls(name="declared", **kwargs), (2, 3)),
+                mylayers.Example(Flipped(name="flipped_2"), (2, 3), order=1),
+            ]
     """
 )
 
@@ -124,13 +135,23 @@ def test_cases_and_their_failures(user_module, capsys):
     assert {t for t, _, _ in _table(capsys.readouterr().out)} == {"sampled"}
 
 
+def test_a_layer_class_with_declared_examples(user_module, capsys):
+    """A class with an `examples` classmethod needs no --input-shape: each
+    example is checked at its own order, and a wrong one fails."""
+    assert main(["user_layers:WithExamples"]) == 1
+    rows = _table(capsys.readouterr().out)
+    assert ("declared", "declared/w", "order 2: H vs FD") in rows
+    assert {t for t, _, _ in rows} == {"declared", "flipped_2"}
+
+
 def test_help_exits_0(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["--help"])
     assert caught.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # Unwrapped.
     assert "module:Attribute" in out
-    assert "A layer class (instantiated with no arguments)" in out
+    assert "A layer class (instantiated with no arguments, or" in out
+    assert "declares an `examples` classmethod" in out
     assert "--input-shape" in out and "--order" in out
 
 
@@ -150,7 +171,7 @@ def test_help_exits_0(capsys):
         (["user_layers"], "expected TARGET as module:Attribute"),
         (["user_layers:not_a_layer"], "is not a layer (int)"),
         (["user_layers:NeedsUnits", "--input-shape", "2,3"], "no arguments"),
-        (["user_layers:bad_cases"], "expected (layer, inputs, order)"),
+        (["user_layers:bad_cases"], "or (layer, inputs, order) tuples"),
         (["user_layers:cases", "--order", "2"], "drop --input-shape"),
         (["--order", "2"], "--order needs a TARGET"),
         (["user_layers:MyLayer", "--input-shape", "2,3", "4"], "unrecognized"),
@@ -201,11 +222,11 @@ def test_cli_checks_every_layer(index):
     """What `python -m mylayers.gradcheck` checks passes: one layer of
     `cli_cases()` per test, at its order, in three modes, in this process
     (the command's own process is shown above). Slow (about 40 s in all)."""
-    layer, inputs, order = cli_cases()[index]
-    rows = _check([(layer, inputs, order)])
+    example = cli_cases()[index]
+    rows = _check([example])
     assert not [row for row in rows if row.failed], GradcheckReport(
         rows
     ).table()
     skipped = sum(row.status is Status.SKIPPED for row in rows)
-    assert skipped == SKIPPED.get(type(layer).__name__, 0)
+    assert skipped == SKIPPED.get(type(example.layer).__name__, 0)
     assert {row.mode for row in rows} >= {"eager", "function"}

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import mylayers
 from mylayers import gradcheck as gradcheck_module_function
+from mylayers.examples import public_layers
 from mylayers.gradcheck import numerics
 from mylayers.gradcheck.__main__ import cli_cases
 from mylayers.gradcheck.__main__ import main as cli_main
@@ -232,7 +233,11 @@ def test_cli_main_fails_with_table(monkeypatch, capsys):
     monkeypatch.setattr(
         sys.modules["mylayers.gradcheck.__main__"],
         "cli_cases",
-        lambda: [(BrokenLinear(2, "sign", name="broken"), (2, 3), 1)],
+        lambda: [
+            mylayers.Example(
+                BrokenLinear(2, "sign", name="broken"), (2, 3), order=1
+            )
+        ],
     )
     assert cli_main([]) == 1
     out = capsys.readouterr().out
@@ -240,20 +245,39 @@ def test_cli_main_fails_with_table(monkeypatch, capsys):
     assert "3 failed" in out  # inputs, in three modes
 
 
-def test_cli_covers_every_public_layer():
-    public = {
-        getattr(mylayers, name)
-        for name in mylayers.__all__
-        if isinstance(getattr(mylayers, name), type)
-        and issubclass(getattr(mylayers, name), keras.layers.Layer)
-    }
-    checked = {type(layer) for layer, _, _ in cli_cases()}
-    assert public <= checked, (
-        f"add {sorted(c.__name__ for c in public - checked)} to cli_cases() "
-        "in mylayers/gradcheck/__main__.py, so `python -m "
-        "mylayers.gradcheck` checks them"
-    )
-    assert checked <= public
+class _Added(keras.layers.Layer):
+    """A layer added to the package: its file declares its examples."""
+
+    def call(self, x):
+        return 2.0 * x
+
+    @classmethod
+    def examples(cls, **kwargs):
+        return [mylayers.Example(cls(**kwargs), (2, 3))]
+
+
+def test_cli_checks_every_public_layer_and_one_added(monkeypatch):
+    """Adding a layer is its file and a line in `mylayers/__init__.py`
+    (`__all__`): the command then checks it, with no list to edit."""
+    examples = cli_cases()
+    assert {type(example.layer) for example in examples} == set(public_layers())
+    declared = sum(len(cls.examples()) for cls in public_layers())
+    assert len(examples) == declared > len(public_layers())
+    monkeypatch.setattr(mylayers, "_Added", _Added, raising=False)
+    monkeypatch.setattr(mylayers, "__all__", [*mylayers.__all__, "_Added"])
+    added = [e for e in cli_cases() if isinstance(e.layer, _Added)]
+    assert [e.inputs for e in added] == [(2, 3)]
+
+
+def test_a_public_layer_without_examples_is_named(monkeypatch):
+    class Bare(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+    monkeypatch.setattr(mylayers, "Bare", Bare, raising=False)
+    monkeypatch.setattr(mylayers, "__all__", [*mylayers.__all__, "Bare"])
+    with pytest.raises(TypeError, match=r"^mylayers\.Bare declares no ex"):
+        cli_cases()
 
 
 @pytest.mark.slow

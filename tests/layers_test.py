@@ -11,118 +11,82 @@ import tensorflow as tf
 from run_helpers import same_threads_env
 
 import mylayers
+from mylayers.examples import inputs_of, public_layers
 
-# name -> (factory, number of trainable weights when built on (None, 4)).
-LAYERS = {
-    "Linear": (lambda **kw: mylayers.Linear(3, **kw), 2),
-    "ManualLinear": (lambda **kw: mylayers.ManualLinear(3, **kw), 2),
-    "RMSNorm": (lambda **kw: mylayers.RMSNorm(**kw), 1),
-    "MLPBlock": (lambda **kw: mylayers.MLPBlock(6, **kw), 5),
-    "StableSoftplus": (lambda **kw: mylayers.StableSoftplus(**kw), 0),
-    "GradientReversal": (lambda **kw: mylayers.GradientReversal(0.5, **kw), 0),
-    "StraightThroughQuantize": (
-        lambda **kw: mylayers.StraightThroughQuantize(4, **kw),
-        0,
-    ),
-    "ClipGradient": (lambda **kw: mylayers.ClipGradient(0.1, **kw), 0),
-    "NumpyLinear": (lambda **kw: mylayers.NumpyLinear(3, **kw), 2),
+# Every example each public layer declares (`mylayers.examples`), by
+# `Class-i`: adding a layer to `mylayers.__all__` adds it to these tests.
+EXAMPLES = {
+    f"{cls.__name__}-{i}": (cls, i)
+    for cls in public_layers()
+    for i in range(len(cls.examples()))
 }
-# Layers of images `(batch, rows, cols, channels)` rather than of feature
-# vectors; entries as in `LAYERS`, built on 4 channels.
-IMAGE_LAYERS = {
-    "Conv2D": (lambda **kw: mylayers.Conv2D(3, 3, **kw), 2),
-}
-# Layers of sequences `(batch, length, features)`; entries as in `LAYERS`,
-# built on 4 features. The wrapper passes its arguments to the layer it
-# wraps, which is what takes a dtype policy.
-SEQUENCE_LAYERS = {
-    "CausalSelfAttention": (
-        lambda **kw: mylayers.CausalSelfAttention(2, **kw),
-        4,
-    ),
-    "TiledCausalSelfAttention": (
-        lambda **kw: mylayers.TiledCausalSelfAttention(2, tile_size=4, **kw),
-        4,
-    ),
-    "TransformerBlock": (
-        lambda **kw: mylayers.TransformerBlock(2, 8, **kw),
-        10,  # norm scale, attention's 4, MLPBlock's 5
-    ),
-    "GradientCheckpoint": (
-        lambda **kw: mylayers.GradientCheckpoint(mylayers.MLPBlock(6, **kw)),
-        5,
-    ),
-}
-# Public layers whose every test lives in a file of their own, with why.
-TESTED_ELSEWHERE = {
-    # Takes integer token ids, not features.
-    "TokenEmbedding": "tests/token_embedding_test.py",
-}
-ALL_LAYERS = {**LAYERS, **IMAGE_LAYERS, **SEQUENCE_LAYERS}
-WITH_WEIGHTS = [
-    name
-    for name, (_, n) in ALL_LAYERS.items()
-    # The wrapper's own name is not the one its wrapped layer's errors name.
-    if n and name != "GradientCheckpoint"
-]
+
+
+def _example(key, **kwargs):
+    """A fresh copy of example `key`, its layer made with `kwargs`."""
+    cls, i = EXAMPLES[key]
+    return cls.examples(**kwargs)[i]
+
+
+def _float_inputs(example, dtype="float32"):
+    """The example's inputs, if they are floats (not token ids)."""
+    x = np.asarray(inputs_of(example))
+    return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else None
+
+
+def _call(example, x):
+    mask = {} if example.mask is None else {"mask": example.mask}
+    return example.layer(x, **mask)
 
 
 def _x(shape=(5, 4), seed=0):
     return np.random.default_rng(seed).uniform(-0.9, 0.9, shape).astype("f4")
 
 
-def _sample(name, channels=4):
-    """A batch of what layer `name` takes, with `channels` on the last axis."""
-    if name in IMAGE_LAYERS:
-        return _x((5, 6, 6, channels))
-    if name in SEQUENCE_LAYERS:
-        return _x((5, 6, channels))
-    return _x((5, channels))
-
-
-def test_every_public_layer_is_covered():
-    layers = {
-        name
-        for name in mylayers.__all__
-        if isinstance(getattr(mylayers, name), type)
-        and issubclass(getattr(mylayers, name), keras.layers.Layer)
+def test_every_public_layer_declares_examples():
+    for cls in public_layers():
+        assert "examples" in vars(cls), cls
+    assert {cls.__name__ for cls, _ in EXAMPLES.values()} >= {
+        "Linear",
+        "TokenEmbedding",
+        "TransformerBlock",
     }
-    covered = set(ALL_LAYERS) | set(TESTED_ELSEWHERE)
-    assert layers <= covered, (
-        f"add {sorted(layers - covered)} to LAYERS, IMAGE_LAYERS or "
-        "SEQUENCE_LAYERS in tests/layers_test.py: every public layer gets "
-        "these tests"
-    )
-    assert layers == covered
 
 
-@pytest.mark.parametrize("name", sorted(LAYERS))
-def test_basics(name, tmp_path):
-    factory, num_weights = LAYERS[name]
-    layer = factory()
-    y = layer(_x())
-    expected_units = 3 if "Linear" in name else 4
-    assert y.shape == (5, expected_units)
-    assert len(layer.trainable_weights) == num_weights
-    assert layer.compute_output_shape((None, 7, 4)) == (None, 7, expected_units)
-    assert layer(_x((2, 7, 4))).shape == (2, 7, expected_units)
+@pytest.mark.parametrize("key", sorted(EXAMPLES))
+def test_basics(key, tmp_path):
+    """Every example: its output shape as `compute_output_shape` says, its
+    config round trip, a training step that moves every weight and the
+    layer below (so the gradient crosses the layer), and a save and load
+    that predicts the same."""
+    example = _example(key)
+    layer, x = example.layer, inputs_of(example)
+    y = _call(example, x)
+    assert tuple(layer.compute_output_shape(np.shape(x))) == tuple(y.shape)
     restored = type(layer).from_config(layer.get_config())
     assert restored.get_config() == layer.get_config()
 
-    # One training step: the Linear below the layer must learn, so the
-    # gradient crosses the layer; the layer's own weights must move too.
-    inputs = keras.Input((4,))
-    below = mylayers.Linear(4)
-    model = keras.Model(inputs, factory()(below(inputs)))
-    model.compile(keras.optimizers.SGD(0.1), "mse")
+    fresh = _example(key)
+    floats = _float_inputs(fresh)
+    if floats is None:  # Token ids: nothing below the layer to learn.
+        inputs = keras.Input(np.shape(x)[1:], dtype="int32")
+        below = keras.layers.Identity()
+    else:
+        inputs = keras.Input(floats.shape[1:])
+        below = mylayers.Linear(floats.shape[-1])
+    model = keras.Model(inputs, fresh.layer(below(inputs)))
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    data = np.asarray(x) if floats is None else floats
+    target = np.random.default_rng(1).normal(size=y.shape).astype("f4")
     before = [w.numpy().copy() for w in model.trainable_weights]
-    model.fit(_x((16, 4)), np.ones((16, expected_units)), verbose=0)
+    assert before, "a model with nothing to train tests nothing"
+    model.fit(data, target, verbose=0)
     for old, new in zip(before, model.trainable_weights):
         assert not np.allclose(old, new.numpy()), new.path
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_array_equal(
-        model.predict(_x(), verbose=0), reloaded.predict(_x(), verbose=0)
+        model.predict(data, verbose=0), reloaded.predict(data, verbose=0)
     )
 
 
@@ -374,35 +338,57 @@ def test_invalid_arguments(make, argument):
         make()
 
 
-@pytest.mark.parametrize("name", WITH_WEIGHTS + ["MLPBlock"])
-def test_wrong_input_names_layer(name):
-    factory, _ = ALL_LAYERS[name]
-    layer = factory(name="my_layer")
-    layer(_sample(name))
+def _has_weights_of_its_own(key):
+    """Whether example `key` takes floats and its layer, built, has weights
+    of its own (a wrapper's errors come from the layer it wraps, which has
+    its own name)."""
+    example = _example(key)
+    x = _float_inputs(example)
+    if x is None or isinstance(example.layer, keras.layers.Wrapper):
+        return False
+    example.layer(x)
+    return bool(example.layer.trainable_weights)
+
+
+WITH_WEIGHTS = [key for key in EXAMPLES if _has_weights_of_its_own(key)]
+
+
+@pytest.mark.parametrize("key", WITH_WEIGHTS)
+def test_wrong_input_names_layer(key):
+    example = _example(key, name="my_layer")
+    x = _float_inputs(example)
+    example.layer(x)
+    wider = np.concatenate([x, x[..., :1]], axis=-1)
     with pytest.raises(ValueError, match="my_layer"):
-        layer(_sample(name, channels=5))
+        example.layer(wider)
     with pytest.raises(ValueError, match="my_layer"):
-        factory(name="my_layer")(_sample(name)[0])  # one rank short
+        _example(key, name="my_layer").layer(x[0])  # one rank short
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", sorted(ALL_LAYERS))
-def test_mixed_precision(name, policy):
-    factory, _ = ALL_LAYERS[name]
-    layer = factory(dtype=policy)
-    x = tf.constant(_sample(name))
+@pytest.mark.parametrize("key", sorted(EXAMPLES))
+def test_mixed_precision(key, policy):
+    example = _example(key, dtype=policy)
+    floats = _float_inputs(example)
+    x = tf.constant(inputs_of(example) if floats is None else floats)
     with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x)
+        if floats is not None:
+            tape.watch(x)
+        y = _call(example, x)
         loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
     compute = policy.split("_")[1]
     assert y.dtype == compute
-    grads = tape.gradient(loss, [x, *layer.trainable_weights])
-    assert grads[0].dtype == tf.float32  # the float32 input was autocast
-    for grad, weight in zip(grads[1:], layer.trainable_weights):
+    weights = example.layer.trainable_weights
+    grads = tape.gradient(loss, [x, *weights])
+    if floats is None:
+        assert grads[0] is None  # Token ids have no gradient.
+    else:
+        assert grads[0].dtype == tf.float32  # the float32 input was autocast
+    for grad, weight in zip(grads[1:], weights):
         assert grad.dtype == weight.dtype == tf.float32
-    for grad in grads:
-        assert np.all(np.isfinite(grad.numpy())) and np.any(grad.numpy())
+    for grad in grads[0 if floats is not None else 1 :]:
+        grad = tf.convert_to_tensor(grad).numpy()  # An embedding's slices.
+        assert np.all(np.isfinite(grad)) and np.any(grad)
 
 
 def _every_layer_model(with_numpy=True):

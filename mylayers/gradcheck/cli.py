@@ -1,5 +1,6 @@
 """The arguments of `python -m mylayers.gradcheck`, and the user's target
-they name (`my_module:MyLayer`, `my_module:layer`, `my_module:cases`).
+they name (`my_module:MyLayer`, `my_module:layer`, `my_module:cases`), as
+`mylayers.Example`s.
 
 argparse rather than absl flags: the command takes a positional target,
 which absl flags do not parse, and its flags belong to this command alone,
@@ -13,6 +14,8 @@ import sys
 from typing import NamedTuple
 
 import keras
+
+from mylayers.examples import Example
 
 
 class Sample(NamedTuple):
@@ -42,11 +45,12 @@ failed, 2 for a bad argument.
 
 _TARGET_HELP = """\
 module:Attribute, imported from the current directory (or anywhere on
-sys.path). A layer class (instantiated with no arguments), a layer
-instance (module level, e.g. `layer = MyLayer(8)`), or a function that
-takes no arguments and returns cases: a list of (layer, inputs, order),
-inputs an input shape (filled with random floats) or a
-mylayers.gradcheck.Sample. A layer needs --input-shape.
+sys.path). A layer class (instantiated with no arguments, or checked on
+its examples if it declares an `examples` classmethod), a layer instance
+(module level, e.g. `layer = MyLayer(8)`), or a function that takes no
+arguments and returns cases: mylayers.Example(layer, inputs, mask,
+order)s or (layer, inputs, order) tuples, inputs an input shape (filled
+with random floats) or the inputs themselves. A layer needs --input-shape.
 """
 
 
@@ -154,9 +158,12 @@ def _import_failed(module_name, error):
 
 
 def cases(args):
-    """The `(layer, inputs, order)` cases that `args.target` names."""
+    """The `mylayers.Example`s that `args.target` names."""
     obj = _import(args.target)
     if isinstance(obj, type) and issubclass(obj, keras.layers.Layer):
+        if args.input_shape is None and "examples" in vars(obj):
+            # A layer that declares its examples, as mylayers' layers do.
+            return _checked_cases(f"{args.target}.examples", obj.examples)
         try:
             obj = obj()
         except Exception as error:
@@ -172,7 +179,7 @@ def cases(args):
                 f"{args.target} is a layer: give its input shape, e.g. "
                 "--input-shape 4,8"
             )
-        return [(obj, args.input_shape, args.order or 1)]
+        return [Example(obj, args.input_shape, order=args.order or 1)]
     if isinstance(obj, type) or not callable(obj):
         raise UsageError(
             f"{args.target} is not a layer ({type(obj).__name__}): expected "
@@ -184,25 +191,31 @@ def cases(args):
             f"{args.target} gives cases, with their own inputs and orders: "
             "drop --input-shape and --order"
         )
+    return _checked_cases(args.target, obj)
+
+
+def _checked_cases(target, make):
+    """What `make()` returns, each case as an `Example`."""
     try:
-        result = list(obj())
+        result = list(make())
     except Exception as error:
-        raise UsageError(
-            f"{args.target}() failed: {_one_line(error)}"
-        ) from error
-    for case in result:
-        _check_case(args.target, case)
-    return result
+        raise UsageError(f"{target}() failed: {_one_line(error)}") from error
+    return [_as_example(target, case) for case in result]
 
 
-def _check_case(target, case):
-    if not (
-        isinstance(case, tuple)
-        and len(case) == 3
-        and isinstance(case[0], keras.layers.Layer)
-        and case[2] in (1, 2)
-    ):
+def _as_example(target, case):
+    if isinstance(case, Example):
+        layer, order = case.layer, case.order
+    elif isinstance(case, tuple) and len(case) == 3:
+        layer, inputs, order = case
+        sample = inputs if isinstance(inputs, Sample) else Sample(inputs)
+        case = Example(layer, sample.inputs, sample.mask, order)
+    else:
+        layer = order = None
+    if not isinstance(layer, keras.layers.Layer) or order not in (1, 2):
         raise UsageError(
-            f"{target}() returned {case!r:.80}: expected (layer, inputs, "
-            "order) tuples, with a keras.layers.Layer and order 1 or 2"
+            f"{target}() returned {case!r:.80}: expected mylayers.Example"
+            "(layer, inputs) or (layer, inputs, order) tuples, with a "
+            "keras.layers.Layer and order 1 or 2"
         )
+    return case

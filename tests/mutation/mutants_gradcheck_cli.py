@@ -39,8 +39,8 @@ MUTANTS = [
         name="gradcheck-cli-order-ignored",
         feature="--order 2 checks a layer's second derivatives",
         file="mylayers/gradcheck/cli.py",
-        old="        return [(obj, args.input_shape, args.order or 1)]\n",
-        new="        return [(obj, args.input_shape, 1)]\n",
+        old="args.order or 1)]\n",
+        new="1)]\n",
         tests=CLI_FAST,
     ),
     Mutant(
@@ -65,8 +65,9 @@ MUTANTS = [
         feature="cases that are not (layer, inputs, order) are refused in "
         "one line",
         file="mylayers/gradcheck/cli.py",
-        old="        _check_case(args.target, case)\n",
-        new="        pass\n",
+        old="    if not isinstance(layer, keras.layers.Layer) or order not in "
+        "(1, 2):\n",
+        new="    if False:\n",
         tests=CLI_FAST,
     ),
     Mutant(
@@ -114,5 +115,49 @@ MUTANTS += [
         "float(keras.ops.convert_to_numpy(upcoming))]\n",
         new="        return [now]\n",
         tests=FIT,
+    ),
+    Mutant(
+        name="gradcheck-cli-declared-examples-ignored",
+        feature="a user's layer class that declares examples is checked on "
+        "them, with no --input-shape",
+        file="mylayers/gradcheck/cli.py",
+        old='and "examples" in vars(obj):\n',
+        new="and False:\n",
+        tests=(f"{CLI_TEST}::test_a_layer_class_with_declared_examples",),
+    ),
+    Mutant(
+        name="layer-added-to-package-unchecked",
+        feature="a layer added to mylayers.__all__ is checked by the CLI and "
+        "the layer tests with no list to edit",
+        file="mylayers/examples.py",
+        old="    for cls in public_layers():\n",
+        new="    for cls in public_layers()[:-1]:\n",
+        tests=(
+            "tests/gradcheck_test.py::"
+            "test_cli_checks_every_public_layer_and_one_added",
+        ),
+    ),
+    Mutant(
+        name="layer-without-examples-passes-silently",
+        feature="a public layer that declares no examples is named, not "
+        "skipped",
+        file="mylayers/examples.py",
+        old='        if "examples" not in vars(cls):\n',
+        new='        if "examples" not in vars(cls):\n            continue\n',
+        tests=(
+            "tests/gradcheck_test.py::"
+            "test_a_public_layer_without_examples_is_named",
+        ),
+    ),
+    Mutant(
+        name="layer-second-example-unchecked",
+        feature="every example a layer declares is checked, not only its first",
+        file="mylayers/examples.py",
+        old="        found += cls.examples(**kwargs)\n",
+        new="        found += cls.examples(**kwargs)[:1]\n",
+        tests=(
+            "tests/gradcheck_test.py::"
+            "test_cli_checks_every_public_layer_and_one_added",
+        ),
     ),
 ]
