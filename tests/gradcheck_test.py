@@ -14,7 +14,6 @@ import tensorflow as tf
 import mylayers
 from mylayers import gradcheck as gradcheck_module_function
 from mylayers.examples import public_layers
-from mylayers.gradcheck import numerics
 from mylayers.gradcheck.__main__ import cli_cases
 from mylayers.gradcheck.__main__ import main as cli_main
 from mylayers.gradcheck.target import one_line
@@ -116,18 +115,10 @@ def test_catches_broken_gradient_with_table(kind, tensor, status, jacobian):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rows_by_backward_pass", [0, 1000])
-def test_both_ways_to_full_jacobians_catch_errors(
-    rows_by_backward_pass, monkeypatch
-):
-    """Full Jacobians are computed by a backward pass per output up to
-    `ROWS_BY_BACKWARD_PASS` outputs, vectorized with pfor past it: each
-    way, in a traced and a compiled mode, at orders 1 and 2, passes a
-    right gradient and catches a wrong one. Slow (about 5 s): four checks
-    at order 2; the fast lane's checks take the default way."""
-    monkeypatch.setattr(
-        numerics, "ROWS_BY_BACKWARD_PASS", rows_by_backward_pass
-    )
+def test_full_jacobians_in_traced_and_compiled_modes_catch_errors():
+    """Full Jacobians, by a backward pass per output traced (and compiled)
+    once, pass a right gradient at orders 1 and 2 and catch a wrong one in
+    `tf.function` and XLA. Slow (about 4 s): two checks at order 2."""
     modes = ["function", "jit"]
     layer = mylayers.ManualLinear(2, activation="tanh", name="dense")
     report = mylayers.gradcheck(layer, X, order=2, modes=modes)

@@ -13,14 +13,6 @@ from mylayers.gradcheck.tolerance import NOISE_ULPS, compare, machine_epsilon
 # Finite-difference columns evaluated per call of the traced function.
 COLUMN_BLOCK = 256
 
-# Up to this many outputs, Jacobians are computed by one backward pass per
-# output (row) rather than vectorized with pfor.
-ROWS_BY_BACKWARD_PASS = 256
-
-# Halvings of the step tried where a difference disagrees with the
-# gradient and the function bends or breaks within the step.
-FINER_STEPS = 4
-
 
 def compile_mode(fn, mode):
     """`fn` as it runs in `mode`: "eager", "function" or "jit"."""
@@ -293,57 +285,45 @@ class Checker:
         expected = (central, np.maximum(floor, noise))
         failing = compare(row, actual, expected, self.tol.rtol, where, rescues)
         # Where the one-sided differences disagree, the function bends or
-        # breaks within the step: look again at smaller steps. Where they
-        # agree, the central difference is sound and the failure stands.
+        # breaks within the step: look once more, at half the step. Where
+        # they agree, the central difference is sound and the failure
+        # stands.
         bends = np.abs(left - right) > one_sided + self.tol.rtol * np.abs(
             central
         )
-        suspect = failing.reshape(central.shape) & bends
-        columns = np.flatnonzero(suspect.any(0))
-        previous = (central, left, right, noise)
-        for level in range(1, FINER_STEPS + 1):
-            if not columns.size:
-                break
-            finer, previous = self._finer_columns(
-                fn, k, level, previous, columns
-            )
-            for label, (value, bound) in finer:
+        columns = np.flatnonzero(
+            (failing.reshape(central.shape) & bends).any(0)
+        )
+        if columns.size:
+            for label, (value, bound) in self._half_step_columns(
+                fn, k, columns
+            ):
                 rescues.append((label, (value, np.maximum(floor, bound))))
-            failing = compare(
-                row, actual, expected, self.tol.rtol, where, rescues
-            )
-            failing = failing.reshape(central.shape) & suspect
-            # Stop where the step's rounding noise hides the gradient.
-            clear = previous[3] < 0.05 * np.abs(central).max(initial=0.0)
-            columns = np.flatnonzero((failing & clear).any(0))
+            compare(row, actual, expected, self.tol.rtol, where, rescues)
         return row
 
-    def _finer_columns(self, fn, k, level, previous, columns):
-        """Differences at `2**-level` times the step, for `columns` of
-        source `k` (NaN elsewhere).
-
-        Returns `(label, (value, noise))` for the central and one-sided
-        differences, and for their Richardson extrapolations with the
-        previous level (`(4 D(h/2) - D(h)) / 3`, `2 D(h/2) - D(h)`), which
-        cancel the leading truncation error; and this level's differences.
-        """
-        scale = 0.5**level
+    def _half_step_columns(self, fn, k, columns):
+        """Differences at half the step, for `columns` of source `k` (NaN
+        elsewhere): `(label, (value, noise))` for the central and one-sided
+        differences, and for their Richardson extrapolations with the full
+        step (`(4 D(h/2) - D(h)) / 3`, `2 D(h/2) - D(h)`), which cancel the
+        leading truncation error of a smooth function."""
         side = self._trace(fn).side
-        plus, minus = (tf.constant(v * scale, tf.float64) for v in (1, -1))
+        plus, minus = (tf.constant(v, tf.float64) for v in (0.5, -0.5))
         base = self._base[fn][:, None]
-        y_plus, y_minus = (np.full_like(previous[0], np.nan) for _ in "+-")
+        c0, l0, r0, n0 = self._central_columns(fn, k)
+        y_plus, y_minus = (np.full_like(c0, np.nan) for _ in "+-")
         for column in columns:
             j = tf.constant(column + self.offsets[k])
             y_plus[:, column] = side(j, plus).numpy()
             y_minus[:, column] = side(j, minus).numpy()
-        up, down = self._steps_taken(k, scale)
+        up, down = self._steps_taken(k, 0.5)
         central = (y_plus - y_minus) / (up + down)
         left = (base - y_minus) / down
         right = (y_plus - base) / up
         noise = self._noise(y_plus, y_minus, self._base[fn], up + down)
-        c0, l0, r0, n0 = previous
         one_sided = 4 * noise + 2 * n0
-        finer = [
+        return [
             ("at a finer step", (central, noise)),
             ("at a finer step", ((4 * central - c0) / 3, (4 * noise + n0) / 3)),
             ("at a kink", (left, 2 * noise)),
@@ -351,7 +331,6 @@ class Checker:
             ("at a kink", (2 * left - l0, one_sided)),
             ("at a kink", (2 * right - r0, one_sided)),
         ]
-        return finer, (central, left, right, noise)
 
     def first_order(self, mode, jacobian):
         """Rows for the first derivative in `mode`."""
@@ -431,75 +410,28 @@ class Checker:
         return row
 
     def _jacobians(self, mode, ps, targets, fn):
-        """`d fn(ps) / d ps[k]` for `k` in `targets`: by a backward pass
-        per output up to `ROWS_BY_BACKWARD_PASS` outputs; past that,
-        vectorized with pfor where the target allows it, else by a loop
-        (numpy code)."""
+        """`d fn(ps) / d ps[k]` for `k` in `targets`, in `mode`, by one
+        backward pass per output: the backward pass training runs, traced
+        (and compiled) once with the output's index as an argument.
 
-        def jac(ps, use_pfor):
-            with tf.GradientTape(persistent=True) as tape:
+        The one way for every target: vectorizing with pfor traces for
+        seconds, fails on some ops (numpy code) and needs a fallback."""
+
+        def row(ps, i):
+            with tf.GradientTape() as tape:
                 tape.watch(ps)
                 y = fn(ps)
-                # tape.jacobian wants the output in each source's dtype
-                # (mixed precision: float16 inputs, float32 weights).
-                ys = {ps[k].dtype: tf.cast(y, ps[k].dtype) for k in targets}
-            return [
-                tape.jacobian(
-                    ys[ps[k].dtype],
-                    ps[k],
-                    unconnected_gradients="zero",
-                    experimental_use_pfor=use_pfor,
-                )
-                for k in targets
-            ]
+            return tape.gradient(
+                y,
+                [ps[k] for k in targets],
+                output_gradients=tf.one_hot(i, tf.size(y), dtype=y.dtype),
+                unconnected_gradients="zero",
+            )
 
         n_rows = self.n_out if fn == self._forward else int(self.offsets[-1])
-        if n_rows <= ROWS_BY_BACKWARD_PASS:
-            return self._jacobians_by_rows(mode, ps, targets, fn, n_rows)
-        if self.t.supports_jit:
-            try:
-                return compile_mode(lambda p: jac(p, True), mode)(ps)
-            except Exception:
-                if mode == "jit":
-                    raise
-                # pfor cannot vectorize some ops (numpy code among them);
-                # a real error in the target raises again below.
-        return compile_mode(lambda p: jac(p, False), mode)(ps)
-
-    def _jacobians_by_rows(self, mode, ps, targets, fn, n_rows):
-        """The Jacobians of `fn` by one backward pass per output, in `mode`:
-        for a few outputs, faster than vectorizing it with pfor (whose trace
-        alone takes seconds), and the backward pass training runs."""
-        if mode == "eager":
-            with tf.GradientTape(persistent=True) as tape:
-                tape.watch(ps)
-                y = fn(ps)
-            rows = [
-                tape.gradient(
-                    y,
-                    [ps[k] for k in targets],
-                    output_gradients=tf.one_hot(i, y.shape[0], dtype=y.dtype),
-                    unconnected_gradients="zero",
-                )
-                for i in range(y.shape[0])
-            ]
-        else:
-
-            def row(ps, i):
-                with tf.GradientTape() as tape:
-                    tape.watch(ps)
-                    y = fn(ps)
-                return tape.gradient(
-                    y,
-                    [ps[k] for k in targets],
-                    output_gradients=tf.one_hot(i, y.shape[0], dtype=y.dtype),
-                    unconnected_gradients="zero",
-                )
-
-            # Traced (and compiled) once: the row is an argument.
-            row = compile_mode(row, mode)
-            rows = [row(ps, tf.constant(i)) for i in range(n_rows)]
-        return [tf.stack([row[j] for row in rows]) for j in range(len(targets))]
+        row = compile_mode(row, mode)
+        rows = [row(ps, tf.constant(i)) for i in range(n_rows)]
+        return [tf.stack([r[j] for r in rows]) for j in range(len(targets))]
 
     def _first_order_full(self, mode, checked):
         if not checked:
