@@ -16,7 +16,7 @@ from mylayers import gradcheck as gradcheck_module_function
 from mylayers.examples import public_layers
 from mylayers.gradcheck.__main__ import cli_cases
 from mylayers.gradcheck.__main__ import main as cli_main
-from mylayers.gradcheck.target import one_line
+from mylayers.gradcheck.messages import one_line
 
 X = np.random.default_rng(0).uniform(-0.9, 0.9, size=(2, 3))
 
@@ -406,7 +406,7 @@ def test_weights_are_named_by_the_attributes_that_hold_them():
 
 
 def test_upstream_keras_puts_a_call_errors_cause_in_bold():
-    """The one match on Keras's words in `mylayers` (`target.one_line`):
+    """The one match on Keras's words in `mylayers` (`messages.one_line`):
     Keras wraps an error raised in `call()` in a preamble and puts its
     cause in terminal bold. If a release changes that, this canary fails
     and the report's error rows would show the preamble instead."""

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mylayers.gradcheck import messages
 from mylayers.gradcheck.cli import Sample
 from mylayers.gradcheck.numerics import Checker
 from mylayers.gradcheck.report import (
@@ -33,7 +34,6 @@ from mylayers.gradcheck.target import (
     CallError,
     as_function_target,
     as_layer_target,
-    one_line,
 )
 from mylayers.gradcheck.tolerance import machine_epsilon, tolerance
 
@@ -201,29 +201,13 @@ def gradcheck(
             t, tol, order, jacobian, modes, num_projections, seed
         )
     report = GradcheckReport(
-        rows, precision=_precision_line(t, tol), notes=t.notes + notes
+        rows,
+        precision=messages.precision_line(t.precision, t.dtype, tol),
+        notes=t.notes + notes,
     )
     if not report.ok:
         raise GradcheckError(report)
     return report
-
-
-def _precision_line(t, tol):
-    line = f"{t.precision}. {tol.describe().capitalize()}"
-    if t.dtype == "float32":
-        line += (
-            f"; in float32, errors under about {tol.rtol:.0e} relative go "
-            "unseen, while a wrong sign, a 2x scale or a missing batch sum "
-            "is caught"
-        )
-    elif t.dtype != "float64":
-        line += (
-            f"; {t.dtype} is coarse: its finite differences carry rounding "
-            "noise of a few percent of the outputs over the step, and an "
-            "error smaller than that goes unseen; dtype='float32' checks "
-            "finer"
-        )
-    return line
 
 
 def _check(t, tol, order, jacobian, modes, num_projections, seed):
@@ -258,11 +242,7 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
         )
         return rows, notes
     if _has_batch_of_one(t):
-        notes.append(
-            "the inputs have a batch of 1: a weight gradient that takes "
-            "one sample, or the mean, instead of the sum over the batch "
-            "looks right at batch 1; use 2 or more"
-        )
+        notes.append(messages.BATCH_OF_ONE)
     checker = Checker(t, tol, num_projections, seed)
     for mode in modes:
         if mode != "eager" and checker.untraceable:
@@ -277,7 +257,7 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
                     "all",
                     t.dtype,
                     status=Status.SKIPPED,
-                    detail="supports_jit=False",
+                    detail=messages.NO_JIT,
                 )
             )
             continue
@@ -290,9 +270,9 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
         if order != 2:
             continue
         if mode in checker.wrong_shape_modes:
-            skipped = "a first-order gradient has the wrong shape"
+            skipped = messages.WRONG_SHAPE_FIRST
         elif not t.differentiable_twice:
-            skipped = "differentiable_twice=False"
+            skipped = messages.NOT_TWICE
         else:
             try:
                 rows += checker.second_order(mode, jacobian)
@@ -315,40 +295,15 @@ def _check(t, tol, order, jacobian, modes, num_projections, seed):
 
 def _untraceable_row(t, mode, error):
     """A row for a mode that `tf.function` cannot trace the target in."""
-    cause = one_line(error)
-    if mode == "jit":
-        status = Status.SKIPPED
-        detail = f"tf.function cannot trace it: {cause}"
-    else:
-        # Keras traces call() in fit, evaluate and predict: a real defect.
-        status = Status.ERROR
-        detail = (
-            f"tf.function cannot trace it ({cause}), and Keras's fit "
-            "traces call() too: write call() with TF or keras.ops (numpy "
-            "code through mylayers.numpy_op); the eager rows still hold"
-        )
+    is_error, detail = messages.untraceable(mode, error)
+    status = Status.ERROR if is_error else Status.SKIPPED
     return Row(t.name, "*", mode, "all", t.dtype, status=status, detail=detail)
 
 
 def _mode_error(t, mode, check, error):
     """A row for a mode the target could not run in."""
-    cause = one_line(error)
-    if mode == "jit":
-        # Keras compiles with XLA only where every layer allows it, so this
-        # is not a defect of the gradient: say how to declare it.
-        status = Status.SKIPPED
-        detail = (
-            f"XLA could not run it: {cause}; declare "
-            "self.supports_jit = False in the layer's __init__"
-        )
-    elif check == "order 2":
-        status = Status.ERROR
-        detail = (
-            f"{cause}; if the layer has no second derivative, declare "
-            "self.differentiable_twice = False"
-        )
-    else:
-        status, detail = Status.ERROR, cause
+    is_error, detail = messages.mode_error(mode, check, error)
+    status = Status.ERROR if is_error else Status.SKIPPED
     return Row(t.name, "*", mode, check, t.dtype, status=status, detail=detail)
 
 
@@ -359,11 +314,7 @@ def _nonfinite_reason(t):
     if np.isfinite(y).all():
         return None
     first = int(np.flatnonzero(~np.isfinite(y))[0])
-    return (
-        f"{t.output_name(first)} = {y[first]} at these inputs, in "
-        f"{t.dtype}: nothing to compare; check at inputs where the outputs "
-        "are finite"
-    )
+    return messages.non_finite(t.output_name(first), y[first], t.dtype)
 
 
 def _random_reason(t):
@@ -376,12 +327,7 @@ def _random_reason(t):
     scale = float(finite.mean()) if finite.size else 0.0
     if np.allclose(first, second, unit, unit * scale, equal_nan=True):
         return None
-    return (
-        "two calls at the same point differ: call() draws random numbers "
-        "gradcheck cannot fix; draw them with keras.random and a "
-        "keras.random.SeedGenerator made in __init__, or check "
-        "training=False"
-    )
+    return messages.RANDOM_CALLS
 
 
 def _has_batch_of_one(t):

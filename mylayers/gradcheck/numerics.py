@@ -7,6 +7,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
+from mylayers.gradcheck import messages
 from mylayers.gradcheck.report import Row, Status
 from mylayers.gradcheck.tolerance import NOISE_ULPS, compare, machine_epsilon
 
@@ -341,13 +342,12 @@ class Checker:
         for k, grad in enumerate(grads):
             why = None
             if grad is None:
-                why = "None gradient (disconnected)"
+                why = messages.NONE_GRADIENT
             elif tuple(grad.shape) != self.shapes[k]:
                 # Broadcasting would hide it from a projection check; the
                 # optimizer fails on it much later, far from the cause.
-                why = (
-                    f"gradient of shape {tuple(grad.shape)}, expected "
-                    f"{self.shapes[k]} (that of {self.names[k]})"
+                why = messages.wrong_shape(
+                    tuple(grad.shape), self.shapes[k], self.names[k]
                 )
                 self.wrong_shape_modes.add(mode)
             if why:

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mylayers.gradcheck import messages
 from mylayers.gradcheck.tolerance import PRECISIONS
 
 
@@ -145,20 +146,6 @@ def _path_name(root, path):
     )
 
 
-def one_line(error):
-    """`error` as `Type: cause`, on one line, for the report."""
-    text = str(error)
-    # Keras wraps an error raised in call() in a preamble and puts the
-    # cause in bold; show the cause. (The only match on Keras's words in
-    # mylayers; its canary: tests/gradcheck_test.py::test_upstream_*.)
-    bold = re.search("\x1b\\[1m(.*?)\x1b\\[0m", text, re.S)
-    lines = [line.strip() for line in (bold[1] if bold else text).splitlines()]
-    message = next((line for line in lines if line), "")
-    if len(message) > 160:
-        message = message[:157] + "..."
-    return f"{type(error).__name__}: {message}"
-
-
 class _OutputDtypeError(TypeError):
     """A layer in a float64 view returned another float dtype.
 
@@ -171,28 +158,6 @@ class _OutputDtypeError(TypeError):
     def __init__(self, message, from_state):
         super().__init__(message)
         self.from_state = from_state
-
-
-def _float64_advice(error):
-    """The one change that would let a layer run in float64, after
-    `error`."""
-    if isinstance(error, _OutputDtypeError) and error.from_state:
-        return (
-            "create the layer's weights in float64 (pass dtype='float64' "
-            "on to super().__init__()), since assign() keeps a variable's "
-            "dtype and the output is read from an assigned variable"
-        )
-    if isinstance(error, _OutputDtypeError):
-        return (
-            "cast to self.compute_dtype (or inputs.dtype) in call(), not "
-            "to a fixed float32"
-        )
-    # Nearly always a tensor made in a fixed float32 meeting a float64 one.
-    return (
-        "create the tensors that build() and call() make with "
-        "dtype=self.compute_dtype (or cast them to inputs.dtype) instead "
-        "of a fixed float32"
-    )
 
 
 class _Structure:
@@ -402,11 +367,7 @@ def _build(layer, args, call_kwargs):
     except Exception as error:
         shapes = [tuple(x.shape) for x in keras.tree.flatten(args)]
         raise CallError(
-            f"gradcheck could not build '{layer.name}' by calling it on "
-            f"inputs of shapes {shapes} ({one_line(error)}); nothing was "
-            "checked. Pass inputs and call arguments (mask, training, "
-            "call_kwargs) that the layer accepts, or call it once yourself "
-            "to see the whole traceback."
+            messages.could_not_build(layer.name, shapes, error)
         ) from error
 
 
@@ -428,8 +389,9 @@ def _probe(function, view):
         )
     if not floats:
         raise CallError(
-            f"gradcheck found no float output or added loss in "
-            f"'{function.layer.name}': nothing to differentiate."
+            messages.nothing_to_differentiate(
+                function.layer.name, "output or added loss in"
+            )
         )
     return sources, outputs, losses, state
 
@@ -471,52 +433,27 @@ def as_layer_target(
         except Exception as error:
             if precision == own:
                 raise CallError(
-                    f"gradcheck could not call '{layer.name}' in its own "
-                    f"dtype {own} ({one_line(error)}); nothing was "
-                    "checked. Call it once yourself on these inputs to see "
-                    "the traceback."
+                    messages.could_not_call_layer(layer.name, own, error)
                 ) from error
             failure = failure or error  # Report why `dtype` failed.
-    if dtype is None:
-        why = f"the layer's own (dtype=None: checked as it is, in {own})"
-    elif precision == dtype == own:
-        why = "as asked, the layer's own"
-    elif precision == dtype:
-        why = (
-            f"every layer of '{layer.name}' computed in {dtype} for the "
-            f"check; the layer itself is left as it was "
-            f"({layer.dtype_policy.name})"
-        )
-    else:
-        why = (
-            "the layer's own"
-            if precision == own
-            else f"rather than the layer's own {own}"
-        )
-        why += (
-            f": {dtype} failed ({one_line(failure)}); to allow {dtype}, "
-            f"{_float64_advice(failure)}"
-        )
+    from_state = getattr(failure, "from_state", None)
+    why = messages.layer_precision(
+        dtype,
+        precision,
+        own,
+        layer,
+        failure,
+        messages.float64_advice(failure, from_state),
+    )
     notes = []
     changed, seeds = _changed_state(function, state)
     if changed:
-        notes.append(
-            f"call() updated non-trainable state ({', '.join(changed)}); "
-            "each evaluation started from the state as it was, so the "
-            "finite differences were not corrupted, and the layer's state "
-            "is unchanged"
-        )
+        notes.append(messages.state_held(changed))
     if seeds:
-        notes.append(
-            "call() drew random numbers from keras.random; every "
-            "evaluation used the same seed state, hence the same numbers"
-        )
+        notes.append(messages.RANDOM_HELD)
     namer = _OutputNamer(outputs, len(losses))
     if losses:
-        notes.append(
-            f"{len(losses)} added loss(es) (add_loss, regularizers) are "
-            "checked as outputs losses[i]"
-        )
+        notes.append(messages.added_losses(len(losses)))
     skipped = _skipped_inputs(args, in_structure)
     layers = _layers_of(layer)
     ref = reference or getattr(layer, "reference_backward", None)
@@ -546,10 +483,7 @@ def _skipped_inputs(args, structure):
     for i, x in enumerate(keras.tree.flatten(args)):
         if not _is_float(x.dtype):
             skipped.append(
-                (
-                    structure.name(i),
-                    f"{x.dtype.name} input: no gradient; held fixed",
-                )
+                (structure.name(i), messages.skipped_input(x.dtype.name))
             )
     return skipped
 
@@ -589,10 +523,7 @@ def as_function_target(fn, inputs, dtype, reference, call_kwargs):
         leaves = keras.tree.flatten(cast_args)
         float_leaves = [i for i, x in enumerate(leaves) if _is_float(x.dtype)]
         if not float_leaves:
-            raise CallError(
-                f"gradcheck found no float input to '{name}': nothing to "
-                "differentiate."
-            )
+            raise CallError(messages.nothing_to_differentiate(name, "input to"))
         own = max(
             (leaves[i].dtype.name for i in float_leaves),
             key=lambda d: PRECISIONS.index(d) if d in PRECISIONS else -1,
@@ -622,19 +553,10 @@ def as_function_target(fn, inputs, dtype, reference, call_kwargs):
         except Exception as error:
             if precision is None:
                 raise CallError(
-                    f"gradcheck could not call '{name}' on its inputs "
-                    f"({one_line(error)}); nothing was checked."
+                    messages.could_not_call_function(name, error)
                 ) from error
             failure = error
-    if precision:
-        why = "inputs cast to it"
-    elif dtype is None:
-        why = "dtype=None: the inputs' own"
-    else:
-        why = (
-            f"the inputs' own: {dtype} failed ({one_line(failure)}); to "
-            f"allow {dtype}, make the function work on {dtype} tensors"
-        )
+    why = messages.function_precision(dtype, precision, failure)
     return Target(
         name=name,
         fn=lambda ps: _flat_outputs(call(ps), [], out_dtype),

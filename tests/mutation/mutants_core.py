@@ -144,7 +144,7 @@ MUTANTS = [
         name="gradcheck-keras-preamble-shown",
         feature="an error raised in call() shows its cause, not Keras's "
         "preamble",
-        file="mylayers/gradcheck/target.py",
+        file="mylayers/gradcheck/messages.py",
         old='    bold = re.search("\\x1b\\\\[1m(.*?)\\x1b\\\\[0m", text, re.S)',
         new="    bold = None",
         tests=("tests/gradcheck_test.py",),
