@@ -13,14 +13,8 @@ builds, is timed apart as "cold").
 """
 
 import json
-import os
-import statistics
-import time
 
-# Keras picks its backend on first import; these benchmarks are TensorFlow's.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import harness  # sets KERAS_BACKEND before Keras loads
 import numpy as np  # noqa: E402
 
 import mylayers  # noqa: E402
@@ -30,16 +24,11 @@ RUNS = 3
 
 def _timed(layer, x, **kwargs):
     """Seconds of a cold call, then the median of `RUNS` warm ones."""
-    start = time.perf_counter()
-    report = mylayers.gradcheck(layer, x, **kwargs)
-    cold = time.perf_counter() - start
+    cold, warm, report = harness.first_and_median(
+        lambda: mylayers.gradcheck(layer, x, **kwargs), RUNS
+    )
     assert report.ok, report
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        mylayers.gradcheck(layer, x, **kwargs)
-        times.append(time.perf_counter() - start)
-    return cold, statistics.median(times)
+    return cold, warm
 
 
 def _result(name, weights, cold, warm, limit):

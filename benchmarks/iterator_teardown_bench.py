@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-import child_process
+import harness
 
 
 def child(life, autotune):
@@ -41,7 +41,7 @@ def child(life, autotune):
     start = time.perf_counter()
     del iterator
     gc.collect()
-    child_process.report({"teardown_s": time.perf_counter() - start})
+    harness.report({"teardown_s": time.perf_counter() - start})
 
 
 def main(argv):
@@ -58,7 +58,7 @@ def main(argv):
     with concurrent.futures.ThreadPoolExecutor(len(settings)) as pool:
         futures = {
             setting: pool.submit(
-                child_process.run,
+                harness.run,
                 __file__,
                 ["--child", str(setting[0]), setting[1]],
                 env,

@@ -1,27 +1,23 @@
 """Speed of the custom-gradient layers against their autodiff counterparts.
 
 Run: `python benchmarks/layers_bench.py`. Prints a table, then the same
-figures as JSON. Each pair is timed in interleaved rounds (A, B, A, B, ...)
-so that drift on a shared machine hits both alike; times are medians over
-rounds, and each ratio is the median of the per-round ratios of one run.
+figures as JSON. Each pair is timed in interleaved rounds
+(`harness.interleave`) so that drift on a shared machine hits both alike;
+times are medians over rounds, and each ratio is the median of the
+per-round ratios of one run.
 
 - train step: one SGD step of a 2-layer MLP built from `ManualLinear` vs the
   same from `Linear`, in `tf.function` (target: ratio <= 1.05);
 - softplus: forward and backward of `StableSoftplus` vs `tf.nn.softplus`
-  (target: ratio <= 1.10);
-- gradcheck: full-Jacobian `mylayers.gradcheck` of a 64 -> 64 `Linear` in
-  float64, in all three modes (target: < 5 s).
+  (target: ratio <= 1.10).
+
+`gradcheck_bench.py` times `mylayers.gradcheck` itself.
 """
 
 import json
-import os
 import statistics
-import time
 
-# Keras picks its backend on first import; these benchmarks are TensorFlow's.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import harness  # sets KERAS_BACKEND before Keras loads
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -31,28 +27,22 @@ import mylayers  # noqa: E402
 ROUNDS = 15
 
 
-def _seconds_per_call(fn, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        result = fn()
-    # Wait for the last call's values: TF may return before they exist.
-    tf.nest.map_structure(lambda t: t.numpy(), result)
-    return (time.perf_counter() - start) / calls
-
-
 def interleaved(fn_a, fn_b, calls, rounds=ROUNDS):
-    """Seconds per call of `fn_a` and `fn_b`, timed alternately.
-
-    Returns the median of each and the median of the per-round ratios
-    a / b, which drift between rounds affects least.
-    """
-    fn_a(), fn_b()  # trace and warm up
-    times_a, times_b = [], []
-    for _ in range(rounds):
-        times_a.append(_seconds_per_call(fn_a, calls))
-        times_b.append(_seconds_per_call(fn_b, calls))
-    ratio = statistics.median(a / b for a, b in zip(times_a, times_b))
-    return statistics.median(times_a), statistics.median(times_b), ratio
+    """Median wall seconds per call of `fn_a` and `fn_b` over interleaved
+    rounds, and the median of the per-round ratios a / b."""
+    times = harness.interleave(
+        {
+            "a": harness.per_call(fn_a, calls),
+            "b": harness.per_call(fn_b, calls),
+        },
+        rounds,
+    )
+    walls = {name: [s.wall for s in samples] for name, samples in times.items()}
+    return (
+        statistics.median(walls["a"]),
+        statistics.median(walls["b"]),
+        harness.median_ratio(walls["a"], walls["b"]),
+    )
 
 
 def _train_step(layer_class, x, y):
@@ -126,29 +116,8 @@ def bench_softplus():
     }
 
 
-def bench_gradcheck():
-    layer = mylayers.Linear(64)
-    x = np.random.default_rng(2).normal(size=(4, 64))
-    layer(x.astype("float32"))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        report = mylayers.gradcheck(layer, x)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    assert report.ok
-    return {
-        "name": "gradcheck full Jacobian, Linear 64->64, float64, 3 modes",
-        "a_ms": seconds * 1e3,
-        "b_ms": float("nan"),
-        "ratio": float("nan"),
-        "target": "< 5000 ms",
-        "passed": seconds < 5,
-    }
-
-
 def main():
-    results = [bench_train_step(), bench_softplus(), bench_gradcheck()]
+    results = [bench_train_step(), bench_softplus()]
     print(f"{'benchmark':58} {'A ms':>9} {'B ms':>9} {'A/B':>6}  target")
     for r in results:
         print(

@@ -6,14 +6,7 @@ float32), a batch of real training text for it, our step driven by the
 trainer's loop, and an optional PyTorch twin of the same architecture.
 """
 
-import os
-import statistics
-import time
-
-# Keras 3 picks its backend at import time; this project is TensorFlow's.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import harness  # sets KERAS_BACKEND before Keras loads
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -39,25 +32,6 @@ DEFAULT = {
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 0.01  # given to both frameworks (their defaults differ)
 EPSILON = 1e-7  # Keras's Adam epsilon, given to PyTorch's too
-
-
-def machine():
-    """One line: CPU model and the vector extensions that matter here."""
-    model, flags = "?", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")
-    have = [f for f in wanted if f in flags]
-    return (
-        f"{model}, {os.cpu_count()} cores, {' '.join(have)}; TensorFlow "
-        f"{tf.__version__}, Keras {keras.__version__}, TF_ENABLE_ONEDNN_OPTS="
-        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}, "
-        f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}"
-    )
 
 
 def text_batch(batch, context, seed=0):
@@ -115,7 +89,7 @@ def trainer_metrics():
 
 
 def ours_runner(model, x, y, steps, jit_compile=False):
-    """`run()` -> `Clock.per_step` of `steps` steps in one call of the
+    """`run()` -> `harness.Clock.per_step` of `steps` steps in one call of the
     trainer's `make_train_steps` loop (traced and warmed up here)."""
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     iterator = iter(data)
@@ -126,7 +100,7 @@ def ours_runner(model, x, y, steps, jit_compile=False):
     count = tf.constant(steps, tf.int64)
 
     def run():
-        clock = Clock()
+        clock = harness.Clock()
         logs = train_steps(iterator, count)
         float(logs["loss"])
         return clock.per_step(steps)
@@ -136,34 +110,13 @@ def ours_runner(model, x, y, steps, jit_compile=False):
     return run
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Seconds per step of `fit`, from batch `skip` on (past tracing) to
-    the last batch's end: `fit`'s end of epoch is not a step."""
-
-    def __init__(self, skip):
-        super().__init__()
-        self.skip, self.clock, self.steps, self.sample = skip, None, 0, None
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch < self.skip:
-            return
-        if self.clock is None:
-            self.clock = Clock()
-            return
-        self.steps += 1
-        self.sample = self.clock.per_step(self.steps)
-
-    def per_step(self):
-        return self.sample
-
-
 def fit_runner(model, x, y, steps):
-    """`run()` -> `Clock.per_step` of `model.fit` (its defaults:
+    """`run()` -> `harness.Clock.per_step` of `model.fit` (its defaults:
     `steps_per_execution=1`, `jit_compile="auto"`)."""
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
 
     def run():
-        timer = StepTimer(skip=2)
+        timer = harness.step_timer(2)
         model.fit(
             data,
             steps_per_epoch=steps + 2,
@@ -176,124 +129,6 @@ def fit_runner(model, x, y, steps):
 
     run()
     return run
-
-
-class Clock:
-    """Wall time, this process's CPU time and other processes' load."""
-
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        self.load = OtherLoad()
-
-    def per_step(self, steps):
-        """`Sample` per step since construction."""
-        return Sample(
-            (time.perf_counter() - self.wall) / steps,
-            (time.process_time() - self.cpu) / steps,
-            self.load.cores(),
-        )
-
-
-class Sample(tuple):
-    """(wall s/step, CPU s/step of this process, cores busy elsewhere)."""
-
-    def __new__(cls, wall, cpu, other):
-        return super().__new__(cls, (wall, cpu, other))
-
-    wall = property(lambda self: self[0])
-    cpu = property(lambda self: self[1])
-    other = property(lambda self: self[2])
-
-
-def interleave(runs, repeats, order_seed=0):
-    """{name: [Sample, ...]}: `repeats` rounds, every variant once a round
-    in a fresh random order, so drift hits them alike."""
-    rng = np.random.default_rng(order_seed)
-    times = {name: [] for name in runs}
-    names = list(runs)
-    for _ in range(repeats):
-        for i in rng.permutation(len(names)):
-            times[names[i]].append(runs[names[i]]())
-    return times
-
-
-def quiet_rounds(times, quiet=0.25):
-    """Rounds in which no call saw more than `quiet` cores busy elsewhere."""
-    rounds = len(next(iter(times.values())))
-    return [
-        i
-        for i in range(rounds)
-        if max(samples[i].other for samples in times.values()) <= quiet
-    ]
-
-
-def pair_ratio(times, a, b, quiet=0.25):
-    """Medians of per-round ratios a/b: of wall times, of CPU times, and
-    of wall times in quiet rounds (None with fewer than 3 of those)."""
-    calm = quiet_rounds(times, quiet)
-    ta, tb = times[a], times[b]
-    return {
-        "wall": median_ratio([s.wall for s in ta], [s.wall for s in tb]),
-        "cpu": median_ratio([s.cpu for s in ta], [s.cpu for s in tb]),
-        "quiet": median_ratio(
-            [ta[i].wall for i in calm], [tb[i].wall for i in calm]
-        )
-        if len(calm) >= 3
-        else None,
-    }
-
-
-def summarize(times, quiet=0.25):
-    """Per variant: median wall and CPU ms/step, the median load of other
-    processes, and the median wall ms/step over quiet rounds (None with
-    fewer than 3)."""
-    calm = quiet_rounds(times, quiet)
-    return {
-        name: {
-            "ms": 1e3 * statistics.median(s.wall for s in samples),
-            "cpu_ms": 1e3 * statistics.median(s.cpu for s in samples),
-            "other_cores": statistics.median(s.other for s in samples),
-            "quiet_ms": 1e3 * statistics.median(samples[i].wall for i in calm)
-            if len(calm) >= 3
-            else None,
-            "quiet_rounds": len(calm),
-        }
-        for name, samples in times.items()
-    }
-
-
-def fmt_ratio(r):
-    quiet = "n/a" if r["quiet"] is None else f"{r['quiet']:.3f}"
-    return f"{r['wall']:.3f} (CPU time {r['cpu']:.3f}, quiet rounds {quiet})"
-
-
-class OtherLoad:
-    """Cores busy with other processes while this one ran, from /proc/stat
-    and this process's CPU time: the machine is shared, and 2-thread
-    OpenMP (PyTorch) suffers more than TensorFlow's pool when it is."""
-
-    def __init__(self):
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample():
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        busy = sum(fields[:8]) - idle  # user..steal
-        ticks = os.sysconf("SC_CLK_TCK")
-        times = os.times()
-        return time.monotonic(), busy / ticks, times.user + times.system
-
-    def cores(self):
-        """Mean cores used by others since construction."""
-        wall0, busy0, own0 = self.start
-        wall1, busy1, own1 = self._sample()
-        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))
-
-
-def median_ratio(a, b):
-    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def count_params(model):
@@ -417,7 +252,7 @@ def copy_weights(torch, keras_model, torch_model):
 
 
 def torch_runner(torch, model, x, y, steps, compile_model=False):
-    """`run()` -> `Clock.per_step` of an eager (or `torch.compile`d)
+    """`run()` -> `harness.Clock.per_step` of an eager (or `torch.compile`d)
     PyTorch training step: forward, cross-entropy, backward, AdamW."""
     F = torch.nn.functional
     optimizer = torch.optim.AdamW(
@@ -443,7 +278,7 @@ def torch_runner(torch, model, x, y, steps, compile_model=False):
         return loss
 
     def run():
-        clock = Clock()
+        clock = harness.Clock()
         for _ in range(steps):
             loss = step()
         float(loss.detach())

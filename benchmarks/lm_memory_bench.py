@@ -59,7 +59,7 @@ import json
 import os
 import statistics
 
-import child_process
+import harness
 
 CONFIG = {
     "num_layers": 8,
@@ -185,15 +185,15 @@ def child(name, config, steps):
         def call():
             float(train_steps(iterator, count)["loss"])
 
-    first = child_process.peak_mib(call)
-    steady = child_process.peak_mib(call)
-    child_process.report(
+    first = harness.peak_mib(call)
+    steady = harness.peak_mib(call)
+    harness.report(
         {"first_mib": first, "steady_mib": steady, "rss_mib": _rss_mib()}
     )
 
 
 def _rss_mib():
-    return child_process.rss_status()["VmRSS"] / 1024
+    return harness.rss_status()["VmRSS"] / 1024
 
 
 ALLOCATORS = {
@@ -215,7 +215,7 @@ def memory(variants, config, steps, processes, allocator):
     }
     for _ in range(processes):
         for name in variants:
-            figures = child_process.run(
+            figures = harness.run_child(
                 os.path.abspath(__file__),
                 [
                     f"--child={name}",
@@ -247,10 +247,10 @@ def step_times(config, steps, repeats, xla):
         runs[name + suffix] = common.ours_runner(
             model, x, y, steps, jit_compile=xla
         )
-    times = common.interleave(runs, repeats)
-    summary = common.summarize(times)
+    times = harness.interleave(runs, repeats)
+    summary = harness.summarize(times)
     for name in runs:
-        summary[name]["ratio_to_plain"] = common.pair_ratio(
+        summary[name]["ratio_to_plain"] = harness.pair_ratio(
             times, name, "plain" + suffix
         )
     return summary
@@ -274,11 +274,9 @@ def main():
         config, variants = QUICK_CONFIG, QUICK_VARIANTS
         args.processes, args.repeats = 1, 2
 
-    import lm_common as common
-
-    print(f"machine: {common.machine()}")
+    print(f"machine: {harness.machine()}")
     print(f"LM: {config}, float32")
-    results = {"machine": common.machine(), "config": config, "memory": {}}
+    results = {"machine": harness.machine(), "config": config, "memory": {}}
     results["schedule"] = schedule_check(config)
     print(
         "schedule (one step, traced): GELU (Erfc) ops run / of them before "
@@ -311,7 +309,7 @@ def main():
             for name, r in summary.items():
                 print(
                     f"{name:28}{r['ms']:9.0f} ms/step  x plain "
-                    f"{common.fmt_ratio(r['ratio_to_plain'])}"
+                    f"{harness.fmt_ratio(r['ratio_to_plain'])}"
                 )
     print(json.dumps(results))
 

@@ -20,10 +20,10 @@ driven by `template_trainer.setup.make_train_steps`. Four parts:
    the second minus the first, the optimizer the third minus the second.
 3. Ablations, interleaved, each a full trainer step on a model built
    with one change, as a ratio to the unchanged step in the same rounds
-   (median of per-round ratios): alternatives, and the earlier forms of
-   `Linear` and attention that this profile led to replace ("before").
-   They are patched into `mylayers` classes while the model is built and
-   traced
+   (median of per-round ratios). The earlier forms of `Linear` and
+   attention that this profile led to replace (broadcast MatMuls, einsum)
+   are gone; their figures are in RESULTS.md. The alternatives are
+   patched into `mylayers` classes while the model is built and traced
    (`mylayers` itself is not edited): every one but those marked
    "changes the model" computes the same function (checked: the same
    loss to 1e-5 on the same weights).
@@ -46,59 +46,16 @@ import re
 import statistics
 import tempfile
 
-import child_process
+import harness
 import keras
 import lm_common as common  # sets KERAS_BACKEND before Keras loads
 import tensorflow as tf
 
 import mylayers
-from mylayers import rotary
 
 STEPS = 5  # steps per timed call of the trainer loop (~2-4 s a call)
 
 # --- Alternatives (same function unless said otherwise) --------------------
-#
-# `Linear` and `CausalSelfAttention` were first written with broadcast
-# MatMuls and einsums; this profile found those slower than 2-D MatMuls
-# and heads-first BatchMatMuls, and the layers were changed. The earlier
-# forms stay here as ablations ("before"), so the gain stays measurable.
-
-
-def linear_broadcast_call(self, inputs):
-    """`mylayers.Linear.call` as first written: `tf.matmul` of the input
-    of any rank with the 2-D kernel (a broadcasting BatchMatMulV2, whose
-    kernel gradient is one small product per batch row plus a reduce_sum),
-    and `+ bias`."""
-    outputs = tf.matmul(inputs, self.kernel, transpose_b=True)
-    if self.use_bias:
-        outputs = outputs + self.bias
-    return self.activation(outputs)
-
-
-def attention_einsum_call(self, inputs, mask=None, training=None):
-    """`CausalSelfAttention.call` as first written: broadcast MatMul
-    projections, positions first, and two einsums."""
-    batch, length = tf.shape(inputs)[0], tf.shape(inputs)[1]
-    qkv = tf.matmul(inputs, self.qkv_kernel, transpose_b=True)
-    if self.use_bias:
-        qkv = qkv + self.qkv_bias
-    qkv = tf.reshape(qkv, [batch, length, 3, self.num_heads, self.depth])
-    query, key, value = tf.unstack(qkv, axis=2)  # (batch, length, h, d)
-    if self.rotary:
-        query, key = rotary.rotate(query), rotary.rotate(key)
-    scores = tf.einsum("bqhd,bkhd->bhqk", query, key)
-    scores = tf.cast(scores, tf.float32) * self.depth**-0.5
-    scores = tf.where(self._allowed(length, mask), scores, -1e9)
-    weights = tf.nn.softmax(scores, axis=-1)
-    weights = self.dropout_layer(
-        tf.cast(weights, inputs.dtype), training=training
-    )
-    attended = tf.einsum("bhqk,bkhd->bqhd", weights, value)
-    attended = tf.reshape(attended, tf.shape(inputs))
-    outputs = tf.matmul(attended, self.output_kernel, transpose_b=True)
-    if self.use_bias:
-        outputs = outputs + self.output_bias
-    return outputs
 
 
 def embedding_one_hot_call(self, inputs):
@@ -123,17 +80,6 @@ def _no_mask(self, inputs, mask=None):
 ABLATIONS = {
     "baseline": ("mylayers as committed", {}, False),
     "xla": ("make_train_steps(jit_compile=True)", {}, True),
-    "linear_before": (
-        "Linear.call as first written: broadcast BatchMatMul + add",
-        {(mylayers.Linear, "call"): linear_broadcast_call},
-        False,
-    ),
-    "attention_before": (
-        "CausalSelfAttention as first written: broadcast projections, "
-        "einsum products",
-        {(mylayers.CausalSelfAttention, "call"): attention_einsum_call},
-        False,
-    ),
     "embedding_one_hot": (
         "TokenEmbedding: one_hot @ E (dense gradient) instead of gather",
         {(mylayers.TokenEmbedding, "call"): embedding_one_hot_call},
@@ -156,13 +102,7 @@ ABLATIONS["mixed_bfloat16"] = (
     {("policy", None): "mixed_bfloat16"},
     False,
 )
-BEFORE = {
-    (mylayers.Linear, "call"): linear_broadcast_call,
-    (mylayers.CausalSelfAttention, "call"): attention_einsum_call,
-}
-ABLATIONS["before"] = ("linear_before + attention_before", BEFORE, False)
-ABLATIONS["before_xla"] = ("before + XLA", BEFORE, True)
-QUICK_ABLATIONS = ["baseline", "before"]
+QUICK_ABLATIONS = ["baseline", "xla"]
 
 
 @contextlib.contextmanager
@@ -316,7 +256,7 @@ def decomposition_runs(x, y, steps=STEPS):
         count = tf.constant(steps)
 
         def run():
-            clock = common.Clock()
+            clock = harness.Clock()
             fn(count).numpy()
             return clock.per_step(steps)
 
@@ -338,9 +278,9 @@ def child(variants, repeats):
     """Prints {variant: median ms} for this process's TF_ENABLE_ONEDNN_OPTS."""
     x, y = common.text_batch(32, 128)
     runs = {name: build_variant(name, x, y)[1] for name in variants}
-    times = common.interleave(runs, repeats)
-    summary = common.summarize(times)
-    child_process.report({k: v["ms"] for k, v in summary.items()})
+    times = harness.interleave(runs, repeats)
+    summary = harness.summarize(times)
+    harness.report({k: v["ms"] for k, v in summary.items()})
 
 
 # Environment settings compared in part 4, each in its own processes.
@@ -359,7 +299,7 @@ def settings_runs(variants, runs_each, repeats, settings=SETTINGS):
     for _ in range(runs_each):
         for setting, env in settings.items():
             samples[setting].append(
-                child_process.run(
+                harness.run_child(
                     os.path.abspath(__file__),
                     [f"--child={','.join(variants)}", f"--repeats={repeats}"],
                     {**os.environ, **env},
@@ -404,7 +344,7 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     x, y = common.text_batch(32, 128)
-    results = {"machine": common.machine()}
+    results = {"machine": harness.machine()}
     print(f"machine: {results['machine']}")
 
     if "1" not in skip:
@@ -423,8 +363,8 @@ def main():
             print(f"    {part:36}{ms:8.1f}{100 * ms / op_ms:6.1f}%")
 
     if "2" not in skip:
-        times = common.interleave(decomposition_runs(x, y), args.repeats)
-        summary = results["decomposition"] = common.summarize(times)
+        times = harness.interleave(decomposition_runs(x, y), args.repeats)
+        summary = results["decomposition"] = harness.summarize(times)
         ms = {k: v["ms"] for k, v in summary.items()}
         full = ms["full step (trainer loop)"]
         fwd, fwd_bwd = ms["forward + loss"], ms["forward + backward"]
@@ -445,13 +385,15 @@ def main():
         differences = check_same_function(x, y) if not args.quick else {}
         names = QUICK_ABLATIONS if args.quick else list(ABLATIONS)
         runs = {name: build_variant(name, x, y)[1] for name in names}
-        times = common.interleave(runs, args.repeats)
-        summary = common.summarize(times)
+        times = harness.interleave(runs, args.repeats)
+        summary = harness.summarize(times)
         ablations = {}
         for name, r in summary.items():
             ablations[name] = {
                 **r,
-                "ratio_to_baseline": common.pair_ratio(times, name, "baseline"),
+                "ratio_to_baseline": harness.pair_ratio(
+                    times, name, "baseline"
+                ),
                 "loss_difference_at_init": differences.get(name),
                 "what": ABLATIONS[name][0],
             }
@@ -470,17 +412,17 @@ def main():
         ):
             print(
                 f"    {name:18}{r['ms']:7.1f} ms  x base "
-                f"{common.fmt_ratio(r['ratio_to_baseline'])}  |dloss| "
+                f"{harness.fmt_ratio(r['ratio_to_baseline'])}  |dloss| "
                 f"{r['loss_difference_at_init'] or 0:.0e}: {r['what']}"
             )
 
     if "4" not in skip:
-        variants = ["baseline", "before", "xla"]
+        variants = ["baseline", "xla"]
         chosen = SETTINGS
         if args.quick:
             variants = ["baseline"]
             chosen = {k: SETTINGS[k] for k in list(SETTINGS)[:2]}
-        load = common.OtherLoad()
+        load = harness.OtherLoad()
         settings = settings_runs(
             variants, args.settings_runs, max(2, args.repeats // 2), chosen
         )

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-import child_process
+import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,7 +158,7 @@ def main():
     if args.child:
         twin(args.epochs, args.launched, args.budget)
         return
-    child_process.require_torch("lm_race")
+    harness.require_torch("lm_race")
     workdir = args.workdir or tempfile.mkdtemp(prefix="race-")
     command = [
         sys.executable,

@@ -32,7 +32,7 @@ import json
 import statistics
 import time
 
-import child_process
+import harness
 import lm_common as common  # sets KERAS_BACKEND before Keras loads
 import numpy as np
 
@@ -109,9 +109,7 @@ def main():
     torch = (
         None
         if args.no_torch
-        else child_process.require_torch(
-            "lm_sampling_bench", no_torch_flag=True
-        )
+        else harness.require_torch("lm_sampling_bench", no_torch_flag=True)
     )
     prompt = encode(PROMPT)
     assert len(prompt) + args.length <= common.DEFAULT["context"]
@@ -131,7 +129,7 @@ def main():
         "ours_cached": lambda: ours(None),
         "ours_uncached": lambda: ours(False),
     }
-    print(f"machine: {common.machine()}")
+    print(f"machine: {harness.machine()}")
     if torch is not None:
         torch.set_num_threads(2)
         twin = common.torch_lm(torch)

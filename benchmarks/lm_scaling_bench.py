@@ -50,7 +50,7 @@ import argparse
 import json
 import os
 
-import child_process
+import harness
 
 SIZES = {
     "default": dict(layers=4, heads=4, width=128, mlp=512, ctx=128, batch=32),
@@ -114,7 +114,6 @@ def _runners(config, variants, steps):
 
 
 def child_time(setting, variants, steps, repeats):
-    import lm_common as common
 
     config = _lm_config(setting)
     runners, params = _runners(config, variants, steps)
@@ -122,17 +121,17 @@ def child_time(setting, variants, steps, repeats):
     # kernels ran slow (~0.4 s more) in whichever framework came next.
     for run in runners.values():
         run()
-    times = common.interleave(runners, repeats)
-    summary = common.summarize(times)
+    times = harness.interleave(runners, repeats)
+    summary = harness.summarize(times)
     ratios = {
-        f"{a}/{b}": common.pair_ratio(times, a, b)
+        f"{a}/{b}": harness.pair_ratio(times, a, b)
         for a in times
         for b in ("torch_eager", "torch_compile", "ours")
         if a.startswith("ours") and a != b and b in times
     }
-    child_process.report(
+    harness.report(
         {
-            "machine": common.machine(),
+            "machine": harness.machine(),
             "params": params,
             "ms": {n: r["ms"] for n, r in summary.items()},
             "quiet_rounds": next(iter(summary.values()))["quiet_rounds"],
@@ -146,7 +145,7 @@ def child_memory(setting, variant, steps):
     config = _lm_config(setting)
     runners, _ = _runners(config, [variant], steps)
     run = runners[variant]  # traced and called twice already
-    child_process.report({"mib": child_process.peak_mib(run)})
+    harness.report({"mib": harness.peak_mib(run)})
 
 
 # `--isa=avx2`: both frameworks held to AVX2 on an AVX-512 machine
@@ -262,7 +261,7 @@ def main():
         else:
             child_memory(setting, args.variant, args.steps)
         return
-    child_process.require_torch("lm_scaling_bench")
+    harness.require_torch("lm_scaling_bench")
     names = args.only.split(",") if args.only else list(settings)
     script = os.path.abspath(__file__)
     results = {}
@@ -270,13 +269,13 @@ def main():
         setting = json.dumps(settings[name])
         common = ["--steps", str(args.steps), "--setting", setting]
         common += ["--variants", args.variants]
-        timed = child_process.run(
+        timed = harness.run_child(
             script,
             ["--child=time", "--repeats", str(args.repeats), *common],
             _env(False, "", args.isa),
         )
         timed["mib"] = {
-            v: child_process.run(
+            v: harness.run_child(
                 script,
                 ["--child=memory", "--variant", v, *common],
                 _env(True, v, args.isa),

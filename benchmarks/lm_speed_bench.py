@@ -23,10 +23,7 @@ decay 0.01, epsilon 1e-7 in both frameworks):
 - `ours`: `models.TransformerLM` compiled (sparse cross-entropy, no extra
   metrics) and driven by `template_trainer.setup.make_train_steps`, the
   trainer's loop, `--steps` steps per call; `ours_xla` the same with
-  `jit_compile=True`; `ours_before` with `Linear` and attention as first
-  written (broadcast MatMuls, einsum; `lm_profile.BEFORE`), before the
-  profile led to 2-D and heads-first batched MatMuls;
-  `ours_trainer_metrics` adds the accuracy and bpc
+  `jit_compile=True`; `ours_trainer_metrics` adds the accuracy and bpc
   metrics the trainer compiles a text model with; `fit` is Keras's
   `model.fit` (its defaults) on the same model class, for reference.
 - `torch_eager`: the same architecture in PyTorch (`lm_common.torch_lm`:
@@ -55,7 +52,7 @@ core: read its figures from quiet rounds.
 import argparse
 import json
 
-import child_process
+import harness
 import lm_common as common  # sets KERAS_BACKEND before Keras loads
 
 
@@ -81,7 +78,7 @@ def main():
     torch = (
         None
         if args.no_torch
-        else child_process.require_torch("lm_speed_bench", no_torch_flag=True)
+        else harness.require_torch("lm_speed_bench", no_torch_flag=True)
     )
 
     import tensorflow as tf
@@ -92,7 +89,7 @@ def main():
     config = common.DEFAULT
     tokens = config["batch"] * config["context"]
     x, y = common.text_batch(config["batch"], config["context"])
-    print(f"machine: {common.machine()}")
+    print(f"machine: {harness.machine()}")
     print(
         "TF threads: intra-op "
         f"{tf.config.threading.get_intra_op_parallelism_threads()}, inter-op "
@@ -110,14 +107,6 @@ def main():
     runs["ours_trainer_metrics"] = common.ours_runner(
         common.build_ours(metrics=common.trainer_metrics()), x, y, args.steps
     )
-    # `Linear` and attention as first written (broadcast MatMuls, einsum),
-    # before `lm_profile.py` led to their 2-D and batched MatMuls.
-    import lm_profile
-
-    with lm_profile.patched(lm_profile.BEFORE):
-        runs["ours_before"] = common.ours_runner(
-            common.build_ours(), x, y, args.steps
-        )
     fit_model = common.build_ours()
     runs["fit"] = common.fit_runner(fit_model, x, y, args.steps)
     fit_jit = fit_model.jit_compile
@@ -160,25 +149,21 @@ def main():
         "parameters: "
         + ", ".join(f"{name} {count:,}" for name, count in params.items())
     )
-    times = common.interleave(runs, args.repeats)
-    summary = common.summarize(times)
+    times = harness.interleave(runs, args.repeats)
+    summary = harness.summarize(times)
     for r in summary.values():
         r["tokens_per_s"] = tokens / r["ms"] * 1e3
     pairs = [
         ("ours_xla", "ours"),
-        ("ours", "ours_before"),
         ("ours", "fit"),
         ("ours_trainer_metrics", "ours"),
     ]
     for torch_name in ("torch_eager", "torch_compile"):
         if torch_name in times:
-            pairs += [
-                (name, torch_name)
-                for name in ("ours", "ours_xla", "ours_before")
-            ]
+            pairs += [(name, torch_name) for name in ("ours", "ours_xla")]
     if "torch_compile" in times:
         pairs.append(("torch_compile", "torch_eager"))
-    ratios = {f"{a}/{b}": common.pair_ratio(times, a, b) for a, b in pairs}
+    ratios = {f"{a}/{b}": harness.pair_ratio(times, a, b) for a, b in pairs}
 
     print(
         f"{config['batch']} x {config['context']} tokens a step, "
@@ -202,11 +187,11 @@ def main():
         f"{args.repeats}; others: cores busy elsewhere, median)"
     )
     for name, r in ratios.items():
-        print(f"{name:28} {common.fmt_ratio(r)}")
+        print(f"{name:28} {harness.fmt_ratio(r)}")
     print(
         json.dumps(
             {
-                "machine": common.machine(),
+                "machine": harness.machine(),
                 "config": config,
                 "repeats": args.repeats,
                 "steps_per_call": args.steps,

@@ -2,10 +2,10 @@
 
   python benchmarks/speed_bench.py            # prints a table, then JSON
 
-Every comparison is a median over interleaved rounds (A, B, A, B, ...) in
-one process, reported as a ratio, because the machines this runs on are
-shared and noisy: a ratio measured side by side holds where absolute times
-drift.
+Every comparison is a median over interleaved rounds (every variant once
+a round, in a fresh random order: `harness.interleave`) in one process,
+reported as a ratio, because the machines this runs on are shared and
+noisy: a ratio measured side by side holds where absolute times drift.
 """
 
 import contextlib
@@ -17,10 +17,7 @@ import sys
 import tempfile
 import time
 
-# Keras 3 picks its backend at import time; this project is TensorFlow's.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import harness  # sets KERAS_BACKEND before Keras loads
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -33,14 +30,10 @@ from template_trainer.data import pipeline  # noqa: E402
 ROUNDS = 7
 
 
-def _median_ratio(pairs):
-    return statistics.median(a / b for a, b in pairs)
-
-
 def matmul_gflops(n=2048, calls=20):
     """GFLOP/s of an n x n fp32 matmul: the CPU's practical peak."""
-    run = _timed(_reference_matmul(tf.float32, n), calls)
-    return 2 * n**3 / statistics.median(run() for _ in range(ROUNDS)) / 1e9
+    run = harness.per_call(_reference_matmul(tf.float32, n), calls)
+    return 2 * n**3 / statistics.median(run().wall for _ in range(ROUNDS)) / 1e9
 
 
 def _compile(model, optimizer="adam"):
@@ -65,21 +58,6 @@ def _data(input_shape, batch):
     return tf.data.Dataset.from_tensors((x, y)).repeat()
 
 
-class _StepTimer(keras.callbacks.Callback):
-    """Seconds per step of `fit`, from batch `skip` on (past tracing)."""
-
-    def __init__(self, skip):
-        super().__init__()
-        self.skip, self.marks = skip, []
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch >= self.skip:
-            self.marks.append(time.perf_counter())
-
-    def seconds_per_step(self):
-        return (self.marks[-1] - self.marks[0]) / (len(self.marks) - 1)
-
-
 def _ours(
     model_fn, input_shape, batch, steps, jit_compile=False, optimizer="adam"
 ):
@@ -92,10 +70,10 @@ def _ours(
     train_steps(iterator, tf.constant(steps, tf.int64))  # trace
 
     def run():
-        start = time.perf_counter()
+        clock = harness.Clock()
         train_steps(iterator, tf.constant(steps, tf.int64))
         float(model.metrics[0].result())
-        return (time.perf_counter() - start) / steps
+        return clock.per_step(steps)
 
     return run
 
@@ -105,7 +83,7 @@ def _keras_fit(model_fn, input_shape, batch, steps):
     data = _data(input_shape, batch)
 
     def run():
-        timer = _StepTimer(skip=5)
+        timer = harness.step_timer(5)
         model.fit(
             data,
             steps_per_epoch=steps + 5,
@@ -113,7 +91,7 @@ def _keras_fit(model_fn, input_shape, batch, steps):
             verbose=0,
             callbacks=[timer],
         )
-        return timer.seconds_per_step()
+        return timer.per_step()
 
     return run
 
@@ -140,12 +118,11 @@ def _keras_cnn(input_shape, filters=(32, 64), hidden=(128,)):
     return keras.Model(inputs, keras.layers.Dense(10)(x))
 
 
-def _interleave(runs):
-    times = {name: [] for name in runs}
-    for _ in range(ROUNDS):
-        for name, run in runs.items():
-            times[name].append(run())
-    return times
+def _walls(runs):
+    """`harness.interleave` over `ROUNDS` rounds: wall seconds per call (or
+    step) of each run, by name."""
+    times = harness.interleave(runs, ROUNDS)
+    return {name: [s.wall for s in samples] for name, samples in times.items()}
 
 
 def bench_steps():
@@ -176,7 +153,7 @@ def bench_steps():
     }
     for name, (shape, batch, steps, ours_fn, theirs_fn) in shapes.items():
         keras.utils.set_random_seed(0)
-        times = _interleave(
+        times = _walls(
             {
                 "ours": _ours(ours_fn, shape, batch, steps),
                 "ours_xla": _ours(
@@ -189,28 +166,14 @@ def bench_steps():
             "ours_ms": 1e3 * statistics.median(times["ours"]),
             "ours_xla_ms": 1e3 * statistics.median(times["ours_xla"]),
             "keras_fit_ms": 1e3 * statistics.median(times["keras_fit"]),
-            "ours_over_keras_fit": _median_ratio(
-                zip(times["ours"], times["keras_fit"])
+            "ours_over_keras_fit": harness.median_ratio(
+                times["ours"], times["keras_fit"]
             ),
-            "xla_over_no_xla": _median_ratio(
-                zip(times["ours_xla"], times["ours"])
+            "xla_over_no_xla": harness.median_ratio(
+                times["ours_xla"], times["ours"]
             ),
         }
     return results
-
-
-def _timed(fn, calls):
-    """A `run()` that returns the seconds per call of `fn` (traced first)."""
-
-    def run():
-        start = time.perf_counter()
-        for _ in range(calls):
-            result = fn()
-        result.numpy()
-        return (time.perf_counter() - start) / calls
-
-    fn().numpy()
-    return run
 
 
 def _reference_matmul(dtype, n=2048):
@@ -277,14 +240,15 @@ def bench_matmul_shapes(batch=512, sizes=(784, 1024, 1024, 10)):
             )
         )
 
-    runs = {"reference": _timed(_reference_matmul(tf.float32), 20)}
+    runs = {"reference": harness.per_call(_reference_matmul(tf.float32), 20)}
     for name, m, k, n, *_ in products:
         for ta in (False, True):
             for tb in (False, True):
-                runs[(name, ta, tb)] = _timed(product(m, k, n, ta, tb), 30)
+                runs[(name, ta, tb)] = harness.per_call(
+                    product(m, k, n, ta, tb), 30
+                )
     times = {
-        key: statistics.median(values)
-        for key, values in _interleave(runs).items()
+        key: statistics.median(values) for key, values in _walls(runs).items()
     }
     peak = 2 * 2048**3 / times.pop("reference") / 1e9
     shapes, used_total, best_total = [], 0.0, 0.0
@@ -325,9 +289,9 @@ def bench_mlp_limits():
         return models.MLPClassifier((784,), 10, hidden_units=(1024, 1024))
 
     runs = {
-        "matmul_fp32": _timed(_reference_matmul(tf.float32), 20),
-        "matmul_bf16": _timed(_reference_matmul(tf.bfloat16), 20),
-        "step_matmuls": _timed(_step_matmuls(), 20),
+        "matmul_fp32": harness.per_call(_reference_matmul(tf.float32), 20),
+        "matmul_bf16": harness.per_call(_reference_matmul(tf.bfloat16), 20),
+        "step_matmuls": harness.per_call(_step_matmuls(), 20),
         "adam_step": _ours(mlp, (784,), 512, 20),
         "sgd_step": _ours(mlp, (784,), 512, 20, optimizer="sgd"),
     }
@@ -338,7 +302,7 @@ def bench_mlp_limits():
         runs["adam_step_bf16"] = _ours(mlp, (784,), 512, 20)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    times = _interleave(runs)
+    times = _walls(runs)
     n = 2048
     peaks = {
         dtype: [2 * n**3 / t / 1e9 for t in times[f"matmul_{dtype}"]]
@@ -361,8 +325,8 @@ def bench_mlp_limits():
     results["adam_step_bf16_fraction_of_bf16_matmul"] = fraction(
         "adam_step_bf16", "bf16"
     )
-    results["bf16_over_fp32_step"] = _median_ratio(
-        zip(times["adam_step_bf16"], times["adam_step"])
+    results["bf16_over_fp32_step"] = harness.median_ratio(
+        times["adam_step_bf16"], times["adam_step"]
     )
     return results
 
@@ -440,8 +404,9 @@ def bench_default_run():
                 workdir = os.path.join(root, f"{name}{i}")
                 seconds[name].append(_train(workdir, **overrides))
         for name in ("default", "every_10_epochs"):
-            pairs = zip(seconds[name], seconds["none"])
-            results[f"checkpoint_overhead_{name}"] = _median_ratio(pairs) - 1
+            results[f"checkpoint_overhead_{name}"] = (
+                harness.median_ratio(seconds[name], seconds["none"]) - 1
+            )
         results["run_seconds"] = statistics.median(seconds["default"])
 
         # Resume: the finished run one epoch longer, against a fresh

@@ -12,15 +12,9 @@ the same as JSON.
 """
 
 import json
-import os
 import random
-import statistics
-import time
 
-# Keras 3 picks its backend when first imported; this benchmark is TF's.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import harness  # sets KERAS_BACKEND before Keras loads
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -92,21 +86,15 @@ def _bench(shape):
         runners[name] = _runner(
             _model(model_class, options, inputs, hidden), batch, steps
         )
-        runners[name]()  # trace and warm up
-    times = {name: [] for name in runners}
-    order = list(runners)
-    for _ in range(FLAGS.repeats):
-        random.shuffle(order)
-        for name in order:
-            start = time.perf_counter()
-            runners[name]()
-            times[name].append((time.perf_counter() - start) / steps)
+    times = harness.interleave(
+        {name: harness.per_call(runner, 1) for name, runner in runners.items()},
+        FLAGS.repeats,
+    )
     result = {}
-    for name, samples in times.items():
-        ratios = [t / k for t, k in zip(samples, times["keras"])]
+    for name, summary in harness.summarize(times).items():
         result[name] = {
-            "ms_per_step": 1e3 * statistics.median(samples),
-            "ratio_to_keras": statistics.median(ratios),
+            "ms_per_step": summary["ms"] / steps,
+            "ratio_to_keras": harness.pair_ratio(times, name, "keras")["wall"],
         }
     return result
 
