@@ -58,7 +58,7 @@ def main(argv):
     with concurrent.futures.ThreadPoolExecutor(len(settings)) as pool:
         futures = {
             setting: pool.submit(
-                harness.run,
+                harness.run_child,
                 __file__,
                 ["--child", str(setting[0]), setting[1]],
                 env,
