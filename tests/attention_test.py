@@ -109,9 +109,7 @@ def _train_one_step_and_reload(layer, tmp_path):
         assert not np.allclose(old, new.numpy()), new.path
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(
-        model.predict(x, verbose=0), reloaded.predict(x, verbose=0)
-    )
+    np.testing.assert_array_equal(model(x), reloaded(x))
 
 
 @pytest.mark.parametrize(
@@ -129,9 +127,10 @@ def test_attention_basics(kwargs, shapes, tmp_path):
     assert layer(_x((1, 9, 8))).shape == (1, 9, 8)  # any length
     restored = mylayers.CausalSelfAttention.from_config(layer.get_config())
     assert restored.get_config() == layer.get_config()
-    _train_one_step_and_reload(
-        mylayers.CausalSelfAttention(2, **kwargs), tmp_path
-    )
+    if kwargs:  # The default trains and reloads in layers_test.test_basics.
+        _train_one_step_and_reload(
+            mylayers.CausalSelfAttention(2, **kwargs), tmp_path
+        )
 
 
 @pytest.mark.parametrize("rotate", [False, True])
@@ -302,7 +301,7 @@ def test_rotary_attention_sees_relative_positions_only():
     )
 
 
-def test_transformer_block_basics(tmp_path):
+def test_transformer_block_basics():
     block = mylayers.TransformerBlock(2, 16, dropout=0.1)
     assert block(_x()).shape == (2, 4, 8)
     # RMSNorm 1, attention 4, MLPBlock 5 (norm, two kernels, two biases).
@@ -315,7 +314,8 @@ def test_transformer_block_basics(tmp_path):
         block(x, training=False).numpy(), block(x, training=False).numpy()
     )
     assert not np.allclose(block(x, training=True), block(x, training=False))
-    _train_one_step_and_reload(mylayers.TransformerBlock(2, 16), tmp_path)
+    # It trains one step and reloads in layers_test.test_basics, from the
+    # example it declares.
 
 
 def _rms_norm(x, scale):
