@@ -204,6 +204,11 @@ def interleave(runs, repeats, order_seed=0):
     return times
 
 
+def walls(times):
+    """`{name: [wall seconds, ...]}` of `interleave`'s rounds."""
+    return {name: [s.wall for s in samples] for name, samples in times.items()}
+
+
 def quiet_rounds(times, quiet=0.25):
     """Rounds in which no call saw more than `quiet` cores busy elsewhere."""
     rounds = len(next(iter(times.values())))

@@ -30,14 +30,15 @@ ROUNDS = 15
 def interleaved(fn_a, fn_b, calls, rounds=ROUNDS):
     """Median wall seconds per call of `fn_a` and `fn_b` over interleaved
     rounds, and the median of the per-round ratios a / b."""
-    times = harness.interleave(
-        {
-            "a": harness.per_call(fn_a, calls),
-            "b": harness.per_call(fn_b, calls),
-        },
-        rounds,
+    walls = harness.walls(
+        harness.interleave(
+            {
+                "a": harness.per_call(fn_a, calls),
+                "b": harness.per_call(fn_b, calls),
+            },
+            rounds,
+        )
     )
-    walls = {name: [s.wall for s in samples] for name, samples in times.items()}
     return (
         statistics.median(walls["a"]),
         statistics.median(walls["b"]),

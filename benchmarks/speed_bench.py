@@ -121,8 +121,7 @@ def _keras_cnn(input_shape, filters=(32, 64), hidden=(128,)):
 def _walls(runs):
     """`harness.interleave` over `ROUNDS` rounds: wall seconds per call (or
     step) of each run, by name."""
-    times = harness.interleave(runs, ROUNDS)
-    return {name: [s.wall for s in samples] for name, samples in times.items()}
+    return harness.walls(harness.interleave(runs, ROUNDS))
 
 
 def bench_steps():

@@ -254,15 +254,22 @@ class Checker:
                 ).T
                 for i in (0, 1)
             )
-            up, down = self._steps_taken(k)
-            base = self._base[fn][:, None]
-            self._columns[fn, k] = (
-                (y_plus - y_minus) / (up + down),
-                (base - y_minus) / down,
-                (y_plus - base) / up,
-                self._noise(y_plus, y_minus, self._base[fn], up + down),
-            )
+            self._columns[fn, k] = self._differences(fn, k, y_plus, y_minus)
         return self._columns[fn, k]
+
+    def _differences(self, fn, k, y_plus, y_minus, scale=1.0):
+        """`(central, left, right, noise)` from `fn` at source `k` moved up
+        and down by `scale` times the step, column by column: the central
+        and one-sided differences over the moves actually made, and the
+        rounding noise of the central one."""
+        up, down = self._steps_taken(k, scale)
+        base = self._base[fn][:, None]
+        return (
+            (y_plus - y_minus) / (up + down),
+            (base - y_minus) / down,
+            (y_plus - base) / up,
+            self._noise(y_plus, y_minus, self._base[fn], up + down),
+        )
 
     def _jacobian_namer(self, k, row_name):
         cols = self.shapes[k]
@@ -311,18 +318,15 @@ class Checker:
         leading truncation error of a smooth function."""
         side = self._trace(fn).side
         plus, minus = (tf.constant(v, tf.float64) for v in (0.5, -0.5))
-        base = self._base[fn][:, None]
         c0, l0, r0, n0 = self._central_columns(fn, k)
         y_plus, y_minus = (np.full_like(c0, np.nan) for _ in "+-")
         for column in columns:
             j = tf.constant(column + self.offsets[k])
             y_plus[:, column] = side(j, plus).numpy()
             y_minus[:, column] = side(j, minus).numpy()
-        up, down = self._steps_taken(k, 0.5)
-        central = (y_plus - y_minus) / (up + down)
-        left = (base - y_minus) / down
-        right = (y_plus - base) / up
-        noise = self._noise(y_plus, y_minus, self._base[fn], up + down)
+        central, left, right, noise = self._differences(
+            fn, k, y_plus, y_minus, 0.5
+        )
         one_sided = 4 * noise + 2 * n0
         return [
             ("at a finer step", (central, noise)),
@@ -417,35 +421,32 @@ class Checker:
         The one way for every target: vectorizing with pfor traces for
         seconds, fails on some ops (numpy code) and needs a fallback."""
 
-        def row(ps, i):
-            with tf.GradientTape() as tape:
-                tape.watch(ps)
-                y = fn(ps)
+        n_rows = self.n_out if fn == self._forward else int(self.offsets[-1])
+
+        def backward(tape, y, sources, i):
             return tape.gradient(
                 y,
-                [ps[k] for k in targets],
-                output_gradients=tf.one_hot(i, tf.size(y), dtype=y.dtype),
+                sources,
+                output_gradients=tf.one_hot(i, n_rows, dtype=y.dtype),
                 unconnected_gradients="zero",
             )
 
-        n_rows = self.n_out if fn == self._forward else int(self.offsets[-1])
         if mode == "eager":
-            # The same backward passes from one recorded forward pass:
-            # eagerly, rerunning it per output costs ~15% of a full check.
+            # The passes share one recorded forward pass: eagerly, rerunning
+            # it per output costs ~15% of a full check.
             with tf.GradientTape(persistent=True) as tape:
                 tape.watch(ps)
                 y = fn(ps)
             sources = [ps[k] for k in targets]
-            rows = [
-                tape.gradient(
-                    y,
-                    sources,
-                    output_gradients=tf.one_hot(i, n_rows, dtype=y.dtype),
-                    unconnected_gradients="zero",
-                )
-                for i in range(n_rows)
-            ]
+            rows = [backward(tape, y, sources, i) for i in range(n_rows)]
         else:
+
+            def row(ps, i):
+                with tf.GradientTape() as tape:
+                    tape.watch(ps)
+                    y = fn(ps)
+                return backward(tape, y, [ps[k] for k in targets], i)
+
             row = compile_mode(row, mode)
             rows = [row(ps, tf.constant(i)) for i in range(n_rows)]
         return [tf.stack([r[j] for r in rows]) for j in range(len(targets))]
