@@ -33,6 +33,11 @@ import numpy as np
 # TensorFlow's, and its start-up lines are noise in their tables.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN's kernels, as the commands and `import models` give users: a
+# benchmark that imports TensorFlow before `models` would otherwise run
+# TensorFlow's own kernels on an AVX2-only CPU, 1.2-2.7x slower there
+# (RESULTS.md). `TF_ENABLE_ONEDNN_OPTS=0` set by the caller still wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 CHILD_PREFIX = "CHILD "
 

@@ -21,7 +21,7 @@ context length at its width.
 
 Variants: `ours` (`models.TransformerLM`, plain attention) and
 `ours_tiled` (`attention="tiled"`: `mylayers.TiledCausalSelfAttention`,
-tiles of 128 keys, whose custom gradient recomputes each tile's
+tiles of 128 positions, whose custom gradient recomputes each tile's
 probabilities) driven by the trainer's loop
 (`template_trainer.setup.make_train_steps`); `torch_eager` (the PyTorch
 twin of `lm_common.torch_lm`: `scaled_dot_product_attention`, AdamW) and
@@ -179,19 +179,23 @@ def _table(results, variants):
             + "".join(f"{r['mib'][v]:20.1f}" for v in variants)
         )
     ours = [v for v in variants if v.startswith("ours")]
+    # Memory as a ratio to PyTorch's, where it ran; else time ratios only.
+    ours_mib = ours if "torch_eager" in variants else []
     pairs = [p for p in r["ratios"] if p.split("/")[0] in ours and "torch" in p]
+    pairs = pairs or list(r["ratios"])
     lines += ["", "time ratios, then peak-memory ratios to torch_eager:"]
     lines.append(
         f"{'setting':10}"
         + "".join(f"{p:>32}" for p in pairs)
-        + "".join(f"{'MiB ' + v + '/torch_eager':>32}" for v in ours)
+        + "".join(f"{'MiB ' + v + '/torch_eager':>32}" for v in ours_mib)
     )
     for name, r in results.items():
         lines.append(
             f"{name:10}"
             + "".join(f"{r['ratios'][p]:32.2f}" for p in pairs)
             + "".join(
-                f"{r['mib'][v] / r['mib']['torch_eager']:32.2f}" for v in ours
+                f"{r['mib'][v] / r['mib']['torch_eager']:32.2f}"
+                for v in ours_mib
             )
         )
     return "\n".join(lines)
