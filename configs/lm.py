@@ -47,7 +47,7 @@ def get_config():
     # peak memory for 31% more step time at 8 layers and context 256, not
     # under XLA (benchmarks/RESULTS.md).
     config.model.gradient_checkpointing = False
-    # plain | tiled: the same function in tiles of 128 keys with a
+    # plain | tiled: the same function in tiles of 128 positions with a
     # recomputing custom gradient (mylayers.TiledCausalSelfAttention):
     # memory linear in the context, for long ones; at 128 one tile, so
     # plain is as good and not slower.

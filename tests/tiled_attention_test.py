@@ -3,6 +3,8 @@ from tiles and a custom backward pass that recomputes them. (gradcheck's
 finite differences check it, masked, in every mode, as one of the cases
 of `python -m mylayers.gradcheck`: tests/gradcheck_cli_test.py.)"""
 
+import unittest.mock
+
 import keras
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import tensorflow as tf
 
 import models
 import mylayers
+from mylayers import tiled_causal_self_attention as tiled_module
 
 # Left padding (the first query sees no key), right padding, none.
 MASK = np.array(
@@ -73,7 +76,7 @@ def test_equals_plain_attention_in_outputs_and_gradients(
 
 def test_no_length_by_length_scores():
     """The traced forward and backward pass hold no `length x length`
-    tensor: every score lives in a tile of `length x tile_size`."""
+    tensor: every score lives in a tile of `tile_size x tile_size`."""
     tiled, _ = _pair(tile_size=4)
     x = tf.random.stateless_normal((1, 16, 8), [0, 1])
     step = tf.function(_outputs_and_gradients).get_concrete_function(
@@ -92,7 +95,8 @@ def test_tiles_are_computed_one_at_a_time():
     """A while loop runs up to 10 iterations at once by default, and a
     tile's scores depend on no value the loop carries: all the tiles of a
     context up to 10 tiles long would be alive together, `length x
-    length` again. The forward and the backward loop run one at a time."""
+    length` again. The forward and the backward pass's loops, over query
+    tiles and within each over key tiles, run one at a time."""
     tiled, _ = _pair(tile_size=4)
     x = tf.random.stateless_normal((1, 16, 8), [0, 1])
     step = tf.function(_outputs_and_gradients).get_concrete_function(
@@ -107,7 +111,33 @@ def test_tiles_are_computed_one_at_a_time():
         for node in nodes
         if node.op in ("While", "StatelessWhile")
     ]
-    assert loops == [1, 1]
+    assert loops == [1, 1, 1, 1]
+
+
+def test_a_query_tile_meets_only_the_key_tiles_up_to_its_own():
+    """Causal: query tile `i` skips key tiles `i + 1, ...`, all in its
+    future, so a pass takes `count (count + 1) / 2` tile pairs of the
+    `count ** 2`: half the work at long contexts. Counted eagerly, where
+    the loops run in Python."""
+    tiled, plain = _pair(tile_size=4)
+    x = tf.random.stateless_normal((2, 15, 8), [0, 1])  # 4 tiles, 1 padded
+    # Left padding over a tile's end: queries 0-4 see no key.
+    mask = np.arange(15)[None] >= np.array([[5], [0]])
+    pairs = []
+    scores = tiled_module._Tiles.scores
+
+    def counted(self, i, j):
+        pairs.append((int(i), int(j)))
+        return scores(self, i, j)
+
+    with unittest.mock.patch.object(tiled_module._Tiles, "scores", counted):
+        got = _outputs_and_gradients(tiled, x, mask)
+    in_a_pass = [(i, j) for i in range(4) for j in range(i + 1)]
+    # Forward in query-tile order, backward in key-tile order.
+    assert sorted(pairs) == sorted(in_a_pass * 2)
+    expected = _outputs_and_gradients(plain, x, mask)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
 
 
 @pytest.mark.parametrize(
