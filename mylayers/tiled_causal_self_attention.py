@@ -9,8 +9,9 @@ from mylayers import checks
 from mylayers.causal_self_attention import CausalSelfAttention
 from mylayers.examples import PADDING, Example
 
-# Where a key is not allowed, as in `CausalSelfAttention`: a row with no
-# allowed key is then uniform over the real keys.
+# Added to a score where the key is not allowed: its weight is then exactly
+# 0 in any row that sees some key. (`CausalSelfAttention` puts -1e9 in
+# place of such scores; a row that sees no key is handled apart here.)
 _MASKED = -1e9
 
 
@@ -24,11 +25,11 @@ class TiledCausalSelfAttention(CausalSelfAttention):
     x length` weights never exist at once: the forward pass keeps only the
     output and each query's log-sum-exp `log sum_k exp(s_qk)`, and the
     backward pass, a custom gradient, recomputes each tile's weights from
-    them. Plain autodiff would store
-    every tile's weights for the backward pass, which is the memory this
-    layer exists to save (docs/custom_gradients.md). A query tile skips
-    the key tiles wholly in its future: about half the work of the plain
-    layer, which computes every score and masks half of them.
+    them. Plain autodiff would store every tile's weights for the backward
+    pass, which is the memory this layer exists to save
+    (docs/custom_gradients.md). A query tile skips the key tiles wholly in
+    its future: about half the work of the plain layer, which computes
+    every score and masks half of them.
 
     Padding masks, rotary positions and the projections are
     `CausalSelfAttention`'s; there is no dropout on the attention weights
