@@ -28,9 +28,10 @@ driven by `template_trainer.setup.make_train_steps`. Four parts:
    "changes the model" computes the same function (checked: the same
    loss to 1e-5 on the same weights).
 4. Environment settings TensorFlow reads once, at start:
-   `TF_ENABLE_ONEDNN_OPTS=0` and `=1` (the default here is on: AVX-512),
-   `TF_NUM_INTEROP_THREADS=1` (default: one per core); each in its own
-   subprocesses (alternated, `--settings-runs` each).
+   `TF_ENABLE_ONEDNN_OPTS=0` and `=1` (the default is on, as
+   `harness.py` sets it), `TF_NUM_INTEROP_THREADS=1` (default: one per
+   core); each in its own subprocesses (alternated, `--settings-runs`
+   each).
 
 The machine is shared: each part prints the mean number of cores other
 processes kept busy while it ran.
