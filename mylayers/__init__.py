@@ -6,6 +6,7 @@ from mylayers.causal_self_attention import CausalSelfAttention
 from mylayers.clip_gradient import ClipGradient
 from mylayers.conv2d import Conv2D
 from mylayers.examples import Example
+from mylayers.gelu import gelu
 from mylayers.gradcheck import GradcheckError, gradcheck
 from mylayers.gradient_checkpoint import GradientCheckpoint
 from mylayers.gradient_reversal import GradientReversal
@@ -39,6 +40,7 @@ __all__ = [
     "TiledCausalSelfAttention",
     "TokenEmbedding",
     "TransformerBlock",
+    "gelu",
     "gradcheck",
     "numpy_op",
 ]

@@ -40,6 +40,22 @@ MUTANTS = [
         tests=("tests/layers_test.py",),
     ),
     Mutant(
+        name="gelu-backward-drops-a-term",
+        feature="mylayers.gelu's backward pass is GELU's derivative",
+        file="mylayers/gelu.py",
+        old="return upstream * (cdf + x * pdf)",
+        new="return upstream * cdf",
+        tests=("tests/gelu_test.py",),
+    ),
+    Mutant(
+        name="mlp-block-keeps-keras-gelu",
+        feature="MLPBlock runs Keras's GELU as the memory-lean mylayers.gelu",
+        file="mylayers/mlp_block.py",
+        old="            hidden_activation = gelu\n",
+        new="            pass\n",
+        tests=("tests/gelu_test.py",),
+    ),
+    Mutant(
         name="gradient-reversal-no-flip",
         feature="GradientReversal negates the gradient",
         file="mylayers/gradient_reversal.py",
