@@ -67,8 +67,10 @@ QUICK = {
     "tiny_ctx": dict(layers=1, heads=2, width=32, mlp=64, ctx=256, batch=4),
 }
 VARIANTS = ("ours", "ours_tiled", "torch_eager", "torch_compile")
-# On request (`--variants`): with `gradient_checkpointing=True` too.
-EXTRA = ("ours_ckpt", "ours_tiled_ckpt")
+# On request (`--variants`): with `gradient_checkpointing=True` too, or
+# with the step compiled by XLA (`jit_compile=True`, the trainer's
+# `config.jit_compile`).
+EXTRA = ("ours_ckpt", "ours_tiled_ckpt", "ours_xla", "ours_tiled_xla")
 TILE = 128
 
 
@@ -102,7 +104,9 @@ def _runners(config, variants, steps):
             )
             model.set_weights(reference.get_weights())
             params[name] = common.count_params(model)
-            runners[name] = common.ours_runner(model, x, y, steps)
+            runners[name] = common.ours_runner(
+                model, x, y, steps, jit_compile=name.endswith("_xla")
+            )
         else:
             twin = common.torch_lm(torch, config)
             common.copy_weights(torch, reference, twin)
@@ -252,6 +256,11 @@ def main():
         help=f"comma-separated, of {', '.join(VARIANTS + EXTRA)}; "
         "torch_eager is needed",
     )
+    parser.add_argument(
+        "--no_memory",
+        action="store_true",
+        help="time only: no peak-memory child per variant (MiB read nan)",
+    )
     parser.add_argument("--child", choices=("time", "memory"))
     parser.add_argument("--setting", default="")
     parser.add_argument("--variant", default="")
@@ -279,7 +288,9 @@ def main():
             _env(False, "", args.isa),
         )
         timed["mib"] = {
-            v: harness.run_child(
+            v: float("nan")
+            if args.no_memory
+            else harness.run_child(
                 script,
                 ["--child=memory", "--variant", v, *common],
                 _env(True, v, args.isa),
