@@ -50,7 +50,9 @@ def get_config():
     # plain | tiled: the same function in tiles of 128 positions with a
     # recomputing custom gradient (mylayers.TiledCausalSelfAttention):
     # memory linear in the context, for long ones; at 128 one tile, so
-    # plain is as good and not slower.
+    # plain is as good and not slower. From context 512 on, tiled with
+    # config.jit_compile=True is the fastest step: 0.81-1.08x PyTorch
+    # eager's at 512-1024 (plain: 1.00-1.31x; benchmarks/RESULTS.md).
     config.model.attention = "plain"
 
     # optimizer
