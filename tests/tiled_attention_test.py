@@ -170,3 +170,54 @@ def test_language_model_chooses_it():
     assert type(plain.get_layer("block_0").attention) is (
         mylayers.CausalSelfAttention
     )
+
+
+@pytest.mark.slow
+def test_lm_step_compiled_by_xla_equals_the_plain_step():
+    """The README's long-context setting, `attention="tiled"` with
+    `jit_compile=True`, trains as the plain layer's step does: two steps
+    of the trainer's loop from the same weights, at a context of
+    two tiles of 128 (the second padded: 122 keys). Slow (~6 s): XLA compiles
+    a whole step."""
+    from template_trainer import setup
+
+    def train(attention, jit_compile):
+        keras.utils.set_random_seed(0)
+        model = models.TransformerLM(
+            (250,),
+            11,
+            num_layers=1,
+            num_heads=2,
+            width=8,
+            hidden_units=16,
+            attention=attention,
+        )
+        # Scores of a few units, as in a trained model, so that the
+        # tiles' running maxima differ.
+        attention = model.get_layer("block_0").attention
+        rng = np.random.default_rng(0)
+        attention.set_weights(
+            [rng.normal(0, 0.5, w.shape) for w in attention.get_weights()]
+        )
+        model.compile(
+            optimizer=keras.optimizers.AdamW(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        ids = tf.random.stateless_uniform((4, 251), [3, 4], 1, 11, tf.int32)
+        data = tf.data.Dataset.from_tensors((ids[:, :-1], ids[:, 1:]))
+        iterator = iter(data.repeat())
+        step = tf.Variable(0, dtype=tf.int64)
+        train_steps = setup.make_train_steps(
+            model, tf.distribute.get_strategy(), step, jit_compile
+        )
+        losses = [float(train_steps(iterator, 1)["loss"]) for _ in range(2)]
+        return losses, model.get_weights()
+
+    (tiled_losses, tiled), (plain_losses, plain) = (
+        train("tiled", True),
+        train("plain", False),
+    )
+    # float32 steps whose sums run in other orders: close, not equal.
+    np.testing.assert_allclose(tiled_losses, plain_losses, rtol=1e-5)
+    for a, b in zip(tiled, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
