@@ -130,6 +130,27 @@ def test_compiled_once_per_model_and_settings_with_an_xla_step():
     assert [name for name in compiled if "next_logits" in name]
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_traced_without_autograph_as_the_steps_are(monkeypatch, use_cache):
+    """Generation traces the model as the trainer's steps and Keras's
+    `fit` do, without AutoGraph: its loops are graph loops already, and
+    converting the model's code cost each first generation ~1.7 s."""
+    # No public getter for the status: TensorFlow's own module for it.
+    from tensorflow.python.autograph.core import ag_ctx
+
+    seen = []
+    for name in ("__call__", "call_cached"):
+        original = getattr(models.TransformerLM, name)
+
+        def recording(self, *args, original=original, **kwargs):
+            seen.append(ag_ctx.control_status_ctx().status)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(models.TransformerLM, name, recording)
+    generate(_lm(), [1, 2], 3, temperature=0.5, use_cache=use_cache)
+    assert seen and set(seen) == {ag_ctx.Status.DISABLED}
+
+
 def test_a_model_without_call_cached_generates_uncached():
     ids = keras.Input((None,), dtype="int32")
     logits = keras.layers.Embedding(7, 7)(ids)

@@ -47,6 +47,14 @@ MUTANTS = [
         tests=("tests/cached_generation_test.py",),
     ),
     Mutant(
+        name="generate-with-autograph",
+        feature="generation traces the model without AutoGraph",
+        file="models/sampling.py",
+        old="        autograph=False,\n    )\n    def run(",
+        new="    )\n    def run(",
+        tests=("tests/cached_generation_test.py",),
+    ),
+    Mutant(
         name="cache-never-refilled",
         feature="a full cache is refilled from the last 3/4 of the context",
         file="models/sampling.py",
